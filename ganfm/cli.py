@@ -1,0 +1,45 @@
+"""Shared command-line plumbing: absl flag errors and user errors become one line on
+stderr and exit code 2 (3 for a diverged run), never a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import NoReturn
+
+from absl import flags, logging
+
+from ganfm.errors import EXIT_DIVERGED, EXIT_USER_ERROR, ConfigError, TrainingDiverged
+
+
+def fail(message: object, code: int = EXIT_USER_ERROR) -> NoReturn:
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ganfm"
+    print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+    """absl flags_parser for app.run: bad flags exit 2 with one line (absl exits 1).
+
+    Library INFO logs (TensorFlow's checkpoint saver, for one) are hidden unless the
+    user asks for them with --verbosity/-v; the progress line goes to stdout.
+    """
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e}; see --helpfull")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    return rest
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns ConfigError and TrainingDiverged raised inside into a clean exit."""
+    try:
+        yield
+    except ConfigError as e:
+        fail(e)
+    except TrainingDiverged as e:
+        fail(e, EXIT_DIVERGED)

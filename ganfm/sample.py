@@ -1,0 +1,79 @@
+"""Writes samples of a run's EMA generator.
+
+    python -m ganfm.sample --model_dir=DIR --num=64 --output=samples.png [--seed=S]
+
+.npy: uint8 [N, H, W, C]; .png: one grid. The same checkpoint and seed give the same
+samples (the noise is a stateless function of the seed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from ganfm.cli import fail, parse_flags_or_exit, user_errors
+from ganfm.errors import ConfigError
+
+flags.DEFINE_string("model_dir", None, "A training run's --model_dir.")
+flags.DEFINE_integer("num", 64, "How many samples.")
+flags.DEFINE_string("output", "samples.png", "Output file: .png (a grid) or .npy (uint8 NHWC).")
+flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("batch", 256, "Images generated per call.")
+FLAGS = flags.FLAGS
+
+OUTPUT_KINDS = (".png", ".npy")
+
+
+def generate(model_dir: str, num: int, seed: int, batch: int = 256) -> np.ndarray:
+    """uint8 [num, H, W, C] samples of the newest checkpoint's EMA generator."""
+    from ganfm import checkpointing, data, models, train_lib
+    from ganfm.trainer import sample_noise
+
+    config = train_lib.load_config(model_dir)
+    generator = models.build_generator(config)
+    try:
+        checkpointing.restore_ema_generator(model_dir, generator)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    noise = sample_noise(seed, num, config.model.z_dim)
+    chunks = [
+        data.to_uint8(generator(noise[i : i + batch], training=False)).numpy()
+        for i in range(0, num, batch)
+    ]
+    return np.concatenate(chunks)
+
+
+def write(samples: np.ndarray, output: str) -> None:
+    from ganfm import images
+
+    if output.endswith(".npy"):
+        np.save(output, samples)
+    else:
+        images.write_png(output, images.upscale(images.make_grid(samples)))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    with user_errors():
+        if not FLAGS.model_dir:
+            raise ConfigError("--model_dir is required: the run to sample from")
+        if FLAGS.num <= 0 or FLAGS.batch <= 0:
+            raise ConfigError(f"--num={FLAGS.num} and --batch={FLAGS.batch} must be > 0")
+        if not FLAGS.output.endswith(OUTPUT_KINDS):
+            raise ConfigError(f"--output={FLAGS.output!r} must end with .png or .npy")
+        parent = os.path.dirname(os.path.abspath(FLAGS.output))
+        if not os.path.isdir(parent):
+            raise ConfigError(f"--output={FLAGS.output!r}: folder {parent} does not exist")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        samples = generate(FLAGS.model_dir, FLAGS.num, FLAGS.seed, FLAGS.batch)
+        write(samples, FLAGS.output)
+    print(f"Wrote {len(samples)} samples to {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags_or_exit)
+    sys.exit(0)

@@ -1,0 +1,39 @@
+"""TensorBoard output: one writer, written eagerly by the outer loop.
+
+Values come back from the compiled step already reduced over the global batch (a
+tf.summary call inside strategy.run would record replica 0 only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class Summaries:
+    """A tf.summary writer; a no-op when disabled (processes other than the chief)."""
+
+    def __init__(self, logdir: str, enabled: bool = True):
+        self._writer = tf.summary.create_file_writer(logdir) if enabled else None
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """One uint8 [H, W, C] image."""
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            tf.summary.image(name, np.asarray(image)[None], max_outputs=1)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,169 @@
+"""The outer loop: build, restore, train in steps_per_loop chunks, log, checkpoint.
+
+`run(config)` is what train.py calls and what tests call with tiny configs; pass
+`build_models` to train your own Keras models (see README, "Your own models").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ganfm import checkpointing, data, distribute, images, models
+from ganfm.config import Config, architecture_differences
+from ganfm.errors import ConfigError, TrainingDiverged
+from ganfm.progress import Progress
+from ganfm.summaries import Summaries
+from ganfm.trainer import Trainer, sample_noise
+
+CONFIG_FILE = "config.json"
+SAMPLES_FILE = "samples.png"
+NUM_GRID_SAMPLES = 64
+PRINT_EVERY_SECONDS = 10.0
+
+ModelBuilder = Callable[[Config], tuple[keras.Model, keras.Model, keras.Model]]
+
+
+def resolve(config: Config, source: data.ImageSource) -> Config:
+    """Fills in the image size and channels the data set decided (0 = auto)."""
+    return config.replace(data=dict(image_size=source.image_size, channels=source.channels))
+
+
+def check_model_dir(config: Config) -> None:
+    """Refuses a --model_dir whose saved run has a different architecture or shape."""
+    path = os.path.join(config.loop.model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        if os.path.exists(config.loop.model_dir) and not os.path.isdir(config.loop.model_dir):
+            raise ConfigError(f"--model_dir={config.loop.model_dir!r} is a file, not a directory")
+        return
+    with open(path) as f:
+        saved = Config.from_json(f.read())
+    diffs = architecture_differences(saved, config)
+    if diffs:
+        raise ConfigError(
+            f"--model_dir={config.loop.model_dir!r} holds a run with other settings "
+            f"({'; '.join(diffs)}); use a new --model_dir or the saved settings"
+        )
+
+
+def load_config(model_dir: str) -> Config:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(f"--model_dir={model_dir!r} has no {CONFIG_FILE}; train there first")
+    with open(path) as f:
+        return Config.from_json(f.read())
+
+
+def _write_config(config: Config) -> None:
+    os.makedirs(config.loop.model_dir, exist_ok=True)
+    path = os.path.join(config.loop.model_dir, CONFIG_FILE)
+    images.atomic_write_bytes(path, config.to_json().encode())
+
+
+def _sample_grid(trainer: Trainer, noise: tf.Tensor) -> np.ndarray:
+    return images.make_grid(data.to_uint8(trainer.generate(noise)).numpy())
+
+
+def _check_finite(metrics: dict[str, float], first: int, last: int, saved: str | None) -> None:
+    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        where = f"the last checkpoint, {saved}, is intact" if saved else "no checkpoint was saved"
+        raise TrainingDiverged(
+            f"{', '.join(bad)} became NaN/Inf between steps {first} and {last}; {where}; "
+            "lower --g_lr/--d_lr or add --r1_weight, then resume"
+        )
+
+
+def setup_runtime(config: Config) -> tf.distribute.Strategy:
+    """Seeds, determinism and the strategy: before any model is built."""
+    strategy = distribute.make_strategy(config.runtime)
+    distribute.check_batch_split(config.loop.batch_size, strategy)
+    if config.runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.runtime.seed)
+    return strategy
+
+
+def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, float]:
+    """Trains to config.loop.train_steps, resuming from --model_dir if it holds a run.
+
+    Returns the measurements of the last loop (empty if there was nothing to train).
+    """
+    config.validate()
+    source = data.load_source(config.data)
+    config = resolve(config, source)
+    check_model_dir(config)
+    strategy = setup_runtime(config)
+    with strategy.scope():
+        generator, discriminator, ema_generator = models.prepare(
+            config, *(build_models or models.build_models)(config)
+        )
+        trainer = Trainer(config, generator, discriminator, ema_generator, strategy=strategy)
+        loop = config.loop
+        manager = checkpointing.make_manager(
+            trainer.checkpoint_items(), loop.model_dir, loop.keep_checkpoints, trainer.step
+        )
+        restored = checkpointing.restore_latest(manager)
+    # Everything the user typed has been checked: only now touch --model_dir.
+    _write_config(config)
+    step = int(trainer.step.numpy())
+    if restored:
+        print(f"Resumed from {restored} at step {step}.", flush=True)
+    noise = sample_noise(config.runtime.seed, NUM_GRID_SAMPLES, config.model.z_dim)
+    samples_path = os.path.join(loop.model_dir, SAMPLES_FILE)
+    if step >= loop.train_steps:
+        print(f"Already at step {step} >= --train_steps={loop.train_steps}; nothing to do.")
+        images.write_png(samples_path, images.upscale(_sample_grid(trainer, noise)))
+        return {}
+
+    input_fn = data.make_input_fn(
+        source, loop.batch_size, config.optimizer.d_steps, config.runtime.seed, start_step=step
+    )
+    iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+    summaries = Summaries(loop.model_dir)
+    if step == 0:
+        real = source.images[:NUM_GRID_SAMPLES] if source.images is not None else None
+        if real is not None:
+            summaries.image(0, "samples/real", images.make_grid(real))
+    images_per_step = loop.batch_size * config.optimizer.d_steps
+    progress = Progress(loop.train_steps, images_per_step, step)
+    print(
+        f"Training {config.data.dataset} {config.data.image_size}x{config.data.image_size}x"
+        f"{config.data.channels} on {strategy.num_replicas_in_sync} replica(s), "
+        f"batch {loop.batch_size}, steps {step} -> {loop.train_steps}; "
+        f"feature matching on {', '.join(trainer.fm_layers) or 'no layers'}; "
+        f"logs in {loop.model_dir}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    while step < loop.train_steps:
+        count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
+        metrics = trainer.train(iterator, count)
+        first, step = step + 1, step + count
+        _check_finite(metrics, first, step, manager.latest_checkpoint)
+        speed = progress.update(step)
+        last = step == loop.train_steps
+        summary_due = step % loop.summary_every == 0 or last
+        if summary_due:
+            grid = _sample_grid(trainer, noise)
+            summaries.scalars(step, {**metrics, "perf/images_per_second": speed})
+            summaries.image(step, "samples/ema", grid)
+            images.write_png(samples_path, images.upscale(grid))
+        if summary_due or progress.due(PRINT_EVERY_SECONDS):
+            print(progress.line(step, metrics), flush=True)
+        if step % loop.checkpoint_every == 0 or last:
+            manager.save(checkpoint_number=step)
+    summaries.close()
+    print(
+        f"Done: step {step} in {time.perf_counter() - started:.0f}s; samples in "
+        f"{samples_path}, checkpoint {manager.latest_checkpoint}",
+        flush=True,
+    )
+    return metrics

@@ -1,0 +1,317 @@
+"""Owns the models, optimizers and global step; runs the distributed train step.
+
+A step is --d_steps discriminator updates followed by one generator update (DESIGN.md,
+decision 1). `train(iterator, n)` runs n steps inside one tf.function (a tf.range loop,
+n passed as a tensor so changing it does not retrace) and returns the measurements
+averaged over those steps and over the global batch.
+
+Loss scaling, the one place it happens: per-example losses are reduced with
+tf.nn.compute_average_loss over the GLOBAL batch, because Keras 3 optimizers sum
+gradients across replicas. Feature-matching statistics are all-reduced to global means
+by default; that term then exists on every replica and its gradient comes back from
+the all-reduce and the optimizer's sum N times too large, so it is divided by N.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ganfm import losses
+from ganfm.config import Config, ConfigError
+from ganfm.models.tap import LOGITS, build_feature_tap, resolve_layers
+
+# Salts keep the stateless random streams of different purposes apart.
+_NOISE_SALT = 1 << 40
+_GP_SALT = 2 << 40
+_SAMPLE_SALT = 3 << 40
+
+
+def stateless_seed(seed: int, salt: int, counter) -> tf.Tensor:
+    """A [2] int64 seed for tf.random.stateless_* ops from (seed, purpose, counter)."""
+    counter = tf.cast(counter, tf.int64)
+    return tf.stack([tf.constant(seed, tf.int64), tf.constant(salt, tf.int64) + counter])
+
+
+def sample_noise(seed: int, num: int, z_dim: int) -> tf.Tensor:
+    """The noise `python -m ganfm.sample --seed` and the summary grid use."""
+    return tf.random.stateless_normal([num, z_dim], seed=stateless_seed(seed, _SAMPLE_SALT, 0))
+
+
+def _variables_in_scope(strategy: tf.distribute.Strategy, model: keras.Model) -> bool:
+    return all(strategy.extended.variable_created_in_scope(v.value) for v in model.weights)
+
+
+class Trainer:
+    """Build inside `strategy.scope()` from models built in that same scope.
+
+    Example (any functional or Sequential Keras models)::
+
+        strategy = tf.distribute.MirroredStrategy()
+        with strategy.scope():
+            g, d, g_ema = my_generator(), my_discriminator(), my_generator()
+            trainer = ganfm.Trainer(config, g, d, g_ema, strategy=strategy)
+        iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+        measurements = trainer.train(iterator, 100)
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        generator: keras.Model,
+        discriminator: keras.Model,
+        ema_generator: keras.Model,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.generator = generator
+        self.discriminator = discriminator
+        self.ema_generator = ema_generator
+        self.global_batch = config.loop.batch_size
+        self.z_dim = config.model.z_dim
+        self._check_models()
+        loss = config.loss
+        use_fm = loss.fm_weight > 0 and bool(loss.fm_layers)
+        self.fm_layers = resolve_layers(discriminator, loss.fm_layers) if use_fm else []
+        weights = loss.fm_layer_weights or (1.0,) * len(self.fm_layers)
+        if len(weights) != len(self.fm_layers):
+            raise ConfigError(
+                f"--fm_layer_weights has {len(weights)} values for {len(self.fm_layers)} "
+                f"tapped layers ({', '.join(self.fm_layers)}); give one per layer"
+            )
+        self.fm_layer_weights = tuple(float(w) for w in weights)
+        self.d_loss_fn, self.g_loss_fn = losses.ADVERSARIAL[loss.adv_loss]
+        self.metric_names = self._metric_names()
+        with self.strategy.scope():
+            self.tap = build_feature_tap(discriminator, self.fm_layers)
+            opt = config.optimizer
+            self.g_optimizer = keras.optimizers.Adam(opt.g_lr, opt.beta1, opt.beta2)
+            self.d_optimizer = keras.optimizers.Adam(opt.d_lr, opt.beta1, opt.beta2)
+            # Built eagerly: a lazy build inside tf.function + strategy.run fails.
+            self.g_optimizer.build(generator.trainable_variables)
+            self.d_optimizer.build(discriminator.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.fm_target = self._make_fm_target()
+        for e, v in zip(ema_generator.weights, generator.weights, strict=True):
+            e.assign(v)
+        self._loop = tf.function(self._loop_fn)
+
+    # -- construction checks -------------------------------------------------------
+
+    def _check_models(self) -> None:
+        g, d, e = self.generator, self.discriminator, self.ema_generator
+        if e is g:
+            raise ConfigError("ema_generator must be a second generator instance, not the same")
+        for name, model in (("generator", g), ("discriminator", d), ("ema_generator", e)):
+            if not model.built or not model.weights:
+                raise ConfigError(f"the {name} has no weights yet; build it before training")
+            if not _variables_in_scope(self.strategy, model):
+                raise ConfigError(
+                    f"the {name}'s variables were not created under this strategy; "
+                    "build the models inside strategy.scope()"
+                )
+        if [w.shape for w in e.weights] != [w.shape for w in g.weights]:
+            raise ConfigError("ema_generator's weights differ in shape from the generator's")
+        g_ids = {id(v.value) for v in g.weights}
+        if any(id(v.value) in g_ids for v in d.weights):
+            raise ConfigError("generator and discriminator share variables; give each its own")
+
+    def _metric_names(self) -> list[str]:
+        names = ["loss/d", "loss/d_adv"]
+        if self.config.loss.r1_weight:
+            names.append("loss/d_r1")
+        if self.config.loss.gp_weight:
+            names.append("loss/d_gp")
+        names += ["loss/g", "loss/g_adv"]
+        if self.fm_layers:
+            names.append("loss/g_fm")
+            names += [f"loss/g_fm/{n}" for n in self.fm_layers]
+        names += ["d_out/real_logit", "d_out/fake_logit", "d_out/real_prob", "d_out/fake_prob"]
+        return names
+
+    def _make_fm_target(self) -> tf.Module | None:
+        if self.config.loss.fm_target != "ema" or not self.fm_layers:
+            return None
+        module = tf.Module(name="fm_target")
+        sizes = {n: int(np.prod(self.tap.output[n].shape[1:])) for n in self.fm_layers}
+        # MEAN aggregation: replicas write the same global mean (or their local means).
+        module.means = [
+            tf.Variable(
+                tf.zeros([sizes[n]]),
+                trainable=False,
+                name=f"fm_target_{i}",
+                aggregation=tf.VariableAggregation.MEAN,
+            )
+            for i, n in enumerate(self.fm_layers)
+        ]
+        module.updates = tf.Variable(
+            0.0, trainable=False, name="updates", aggregation=tf.VariableAggregation.MEAN
+        )
+        return module
+
+    # -- the replica step -----------------------------------------------------------
+
+    def _noise(self, step, k: int, salt: int, shape_tail, sampler) -> tf.Tensor:
+        """Replica r's slice of a global-batch draw: noise differs on every replica yet
+        does not depend on the replica count."""
+        ctx = tf.distribute.get_replica_context()
+        local = self.global_batch // ctx.num_replicas_in_sync
+        counter = step * (self.config.optimizer.d_steps + 1) + k
+        seed = stateless_seed(self.config.runtime.seed, salt, counter)
+        draw = sampler([self.global_batch, *shape_tail], seed=seed)
+        start = ctx.replica_id_in_sync_group * local
+        return draw[start : start + local]
+
+    def _feature_means(self, activations: dict) -> dict:
+        sums = {n: losses.batch_sum(activations[n]) for n in self.fm_layers}
+        ctx = tf.distribute.get_replica_context()
+        if self.config.loss.fm_stats == "global":
+            sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+            count = self.global_batch
+        else:
+            count = self.global_batch // ctx.num_replicas_in_sync
+        return {n: s / count for n, s in sums.items()}
+
+    def _fm_targets(self, real_means: dict) -> dict:
+        """Batch means, or their bias-corrected moving average (--fm_target=ema)."""
+        if self.fm_target is None:
+            return real_means
+        decay = self.config.loss.fm_target_decay
+        self.fm_target.updates.assign_add(1.0)
+        correction = 1.0 - tf.pow(decay, self.fm_target.updates)
+        targets = {}
+        for var, name in zip(self.fm_target.means, self.fm_layers, strict=True):
+            var.assign(decay * var + (1.0 - decay) * real_means[name])
+            targets[name] = var / correction
+        return targets
+
+    def _discriminator_update(self, real, step, k: int) -> dict:
+        cfg = self.config.loss
+        z = self._noise(step, k, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
+        d_vars = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)
+            with tf.GradientTape(watch_accessed_variables=False) as r1_tape:
+                r1_tape.watch(real)
+                real_logits = self.tap(real, training=True)[LOGITS]
+                real_logit_sum = tf.reduce_sum(real_logits)  # Recorded: R1 needs its gradient.
+            fake_logits = self.tap(fake, training=True)[LOGITS]
+            d_adv = self.d_loss_fn(real_logits, fake_logits)
+            per_example = d_adv
+            terms = {"loss/d_adv": d_adv}
+            if cfg.r1_weight:
+                grads = r1_tape.gradient(real_logit_sum, real)
+                r1 = losses.r1_penalty(grads)
+                per_example += cfg.r1_weight * r1
+                terms["loss/d_r1"] = r1
+            if cfg.gp_weight:
+                alpha = self._noise(step, k, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
+                interp = real + alpha * (tf.stop_gradient(fake) - real)
+                with tf.GradientTape(watch_accessed_variables=False) as gp_tape:
+                    gp_tape.watch(interp)
+                    interp_logits = self.tap(interp, training=True)[LOGITS]
+                gp = losses.gradient_penalty(gp_tape.gradient(interp_logits, interp))
+                per_example += cfg.gp_weight * gp
+                terms["loss/d_gp"] = gp
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+        grads = tape.gradient(loss, d_vars)
+        self.d_optimizer.apply_gradients(zip(grads, d_vars, strict=True))
+        metrics = {name: tf.reduce_mean(v) for name, v in terms.items()}
+        metrics["loss/d"] = tf.reduce_mean(per_example)
+        metrics["d_out/real_logit"] = tf.reduce_mean(real_logits)
+        metrics["d_out/fake_logit"] = tf.reduce_mean(fake_logits)
+        metrics["d_out/real_prob"] = tf.reduce_mean(tf.sigmoid(real_logits))
+        metrics["d_out/fake_prob"] = tf.reduce_mean(tf.sigmoid(fake_logits))
+        return metrics
+
+    def _generator_update(self, real, step) -> dict:
+        cfg = self.config.loss
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        z = self._noise(
+            step,
+            self.config.optimizer.d_steps,
+            _NOISE_SALT,
+            [self.z_dim],
+            tf.random.stateless_normal,
+        )
+        if self.fm_layers:  # Targets need no gradient: computed outside the tape.
+            targets = self._fm_targets(self._feature_means(self.tap(real, training=True)))
+        g_vars = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            fake_out = self.tap(self.generator(z, training=True), training=True)
+            g_adv = self.g_loss_fn(fake_out[LOGITS])
+            loss = 0.0
+            if not cfg.fm_only:
+                loss = tf.nn.compute_average_loss(g_adv, global_batch_size=self.global_batch)
+            metrics = {"loss/g_adv": tf.reduce_mean(g_adv)}
+            if self.fm_layers:
+                fm, per_layer = losses.feature_matching_loss(
+                    targets, self._feature_means(fake_out), self.fm_layer_weights, cfg.fm_distance
+                )
+                # Same value on every replica: see the module docstring for the 1/N.
+                loss += cfg.fm_weight * fm / tf.cast(replicas, tf.float32)
+                metrics["loss/g_fm"] = fm
+                metrics.update({f"loss/g_fm/{n}": v for n, v in per_layer.items()})
+        grads = tape.gradient(loss, g_vars)
+        self.g_optimizer.apply_gradients(zip(grads, g_vars, strict=True))
+        fm_total = cfg.fm_weight * metrics.get("loss/g_fm", 0.0)
+        metrics["loss/g"] = fm_total + (0.0 if cfg.fm_only else metrics["loss/g_adv"])
+        return metrics
+
+    def _replica_step(self, batches) -> tf.Tensor:
+        step = self.step.read_value()
+        metrics = {}
+        for k in range(self.config.optimizer.d_steps):
+            metrics.update(self._discriminator_update(batches[k], step, k))
+        metrics.update(self._generator_update(batches[-1], step))
+        return tf.stack([tf.cast(metrics[n], tf.float32) for n in self.metric_names])
+
+    # -- the compiled inner loop ----------------------------------------------------
+
+    def _update_ema(self) -> None:
+        decay = self.config.optimizer.ema_decay
+        for e, v in zip(
+            self.ema_generator.trainable_weights, self.generator.trainable_weights, strict=True
+        ):
+            e.assign(decay * e + (1.0 - decay) * v)
+        for e, v in zip(
+            self.ema_generator.non_trainable_weights,
+            self.generator.non_trainable_weights,
+            strict=True,
+        ):
+            e.assign(v)  # Batch-norm statistics are already moving averages.
+
+    def _loop_fn(self, iterator, num_steps):
+        totals = tf.zeros([len(self.metric_names)])
+        for _ in tf.range(num_steps):
+            per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
+            totals += self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+            self._update_ema()
+            self.step.assign_add(1)
+        return totals / tf.cast(num_steps, tf.float32)
+
+    def train(self, iterator, num_steps: int) -> dict[str, float]:
+        """Runs num_steps steps; returns each measurement averaged over them."""
+        values = self._loop(iterator, tf.constant(num_steps, tf.int32)).numpy()
+        return dict(zip(self.metric_names, values.tolist(), strict=True))
+
+    def generate(self, noise: tf.Tensor, ema: bool = True) -> tf.Tensor:
+        """Images in [-1, 1] from the EMA generator (or the raw one), inference mode."""
+        model = self.ema_generator if ema else self.generator
+        return model(noise, training=False)
+
+    def checkpoint_items(self) -> dict:
+        """Everything resume needs; the input order is a function of (seed, step)."""
+        items = {
+            "generator": self.generator,
+            "discriminator": self.discriminator,
+            "ema_generator": self.ema_generator,
+            "g_optimizer": self.g_optimizer,
+            "d_optimizer": self.d_optimizer,
+            "step": self.step,
+        }
+        if self.fm_target is not None:
+            items["fm_target"] = self.fm_target
+        return items

@@ -1,0 +1,261 @@
+import math
+import os
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ganfm import data, models, train_lib
+from ganfm.errors import ConfigError, TrainingDiverged
+from ganfm.trainer import _NOISE_SALT, Trainer
+
+
+def checkpoint_values(model_dir):
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if not k.startswith(skip)
+    }
+
+
+def max_difference(a, b, prefix=""):
+    assert set(a) == set(b)
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
+
+
+def build_trainer(config):
+    config = train_lib.resolve(config, data.load_source(config.data))
+    strategy = train_lib.setup_runtime(config)
+    with strategy.scope():
+        return Trainer(config, *models.build_models(config), strategy=strategy), config
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [dict(), dict(fm_target="ema", r1_weight=1.0)],
+    ids=["default", "ema_target_r1"],
+)
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny, loss):
+    whole = tiny(loss=loss, loop=dict(train_steps=6))
+    train_lib.run(whole)
+    split = tiny(loss=loss, loop=dict(train_steps=3))
+    train_lib.run(split)
+    assert tf.train.latest_checkpoint(os.path.join(split.loop.model_dir, "checkpoints")).endswith(
+        "-3"
+    )
+    train_lib.run(split.replace(loop=dict(train_steps=6)))
+    a, b = checkpoint_values(whole.loop.model_dir), checkpoint_values(split.loop.model_dir)
+    assert any(k.startswith("fm_target") for k in a) == (loss.get("fm_target") == "ema")
+    assert max_difference(a, b) <= 1e-6
+
+
+def test_run_is_a_no_op_at_train_steps(tiny, capsys):
+    config = tiny()
+    train_lib.run(config)
+    before = checkpoint_values(config.loop.model_dir)
+    assert train_lib.run(config) == {}
+    assert "nothing to do" in capsys.readouterr().out
+    assert max_difference(before, checkpoint_values(config.loop.model_dir)) == 0.0
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_replica_count_does_not_change_what_is_learned(tiny, replicas):
+    loop = dict(train_steps=5, steps_per_loop=5, summary_every=5, checkpoint_every=5)
+    loss = dict(fm_layers=("block0_act", "features"), r1_weight=0.5)
+    one = tiny(loop=loop, loss=loss)
+    many = tiny(loop=loop, loss=loss, runtime=dict(strategy="mirrored", cpu_replicas=replicas))
+    train_lib.run(one)
+    train_lib.run(many)
+    a, b = checkpoint_values(one.loop.model_dir), checkpoint_values(many.loop.model_dir)
+    # Every saved value: both networks (reached through their optimizers' paths), the EMA
+    # generator, batch-norm statistics and the optimizer slots.
+    assert any(k.startswith("ema_generator") for k in a)
+    assert max_difference(a, b) <= 1e-5
+
+
+def test_local_feature_statistics_depend_on_the_replica_count(tiny):
+    loop = dict(train_steps=5, steps_per_loop=5, summary_every=5, checkpoint_every=5)
+    loss = dict(fm_stats="local", fm_weight=10.0)
+    one = tiny(loop=loop, loss=loss)
+    two = tiny(loop=loop, loss=loss, runtime=dict(strategy="mirrored", cpu_replicas=2))
+    train_lib.run(one)
+    train_lib.run(two)
+    a, b = checkpoint_values(one.loop.model_dir), checkpoint_values(two.loop.model_dir)
+    assert max_difference(a, b, "g_optimizer/_trainable_variables") > 1e-4
+
+
+def test_noise_differs_across_replicas_and_repeats(tiny):
+    trainer, _ = build_trainer(tiny(runtime=dict(strategy="mirrored", cpu_replicas=2)))
+
+    def draw():
+        return trainer.strategy.run(
+            lambda: trainer._noise(
+                tf.constant(7, tf.int64), 0, _NOISE_SALT, [8], tf.random.stateless_normal
+            )
+        )
+
+    first = [v.numpy() for v in trainer.strategy.experimental_local_results(draw())]
+    again = [v.numpy() for v in trainer.strategy.experimental_local_results(draw())]
+    assert first[0].shape == (8, 8)
+    assert not np.allclose(first[0], first[1])
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_replicated_variable_is_equal_on_all_replicas(tiny):
+    trainer, config = build_trainer(
+        tiny(runtime=dict(strategy="mirrored", cpu_replicas=2), loss=dict(fm_target="ema"))
+    )
+    source = data.load_source(config.data)
+    input_fn = data.make_input_fn(source, 16, 1, 0, 0)
+    iterator = iter(trainer.strategy.distribute_datasets_from_function(input_fn))
+    trainer.train(iterator, 3)
+    variables = tf.train.Checkpoint(**trainer.checkpoint_items())
+    checked = 0
+    for model in (trainer.generator, trainer.discriminator, trainer.ema_generator):
+        for v in model.weights:
+            copies = [c.numpy() for c in trainer.strategy.experimental_local_results(v.value)]
+            assert len(copies) == 2
+            np.testing.assert_array_equal(copies[0], copies[1], err_msg=v.path)
+            checked += 1
+    for opt in (trainer.g_optimizer, trainer.d_optimizer):
+        for v in opt.variables:
+            copies = [c.numpy() for c in trainer.strategy.experimental_local_results(v.value)]
+            np.testing.assert_array_equal(copies[0], copies[-1], err_msg=v.path)
+            checked += 1
+    for v in [trainer.step, *trainer.fm_target.means]:
+        copies = [c.numpy() for c in trainer.strategy.experimental_local_results(v)]
+        np.testing.assert_array_equal(copies[0], copies[-1])
+    assert checked > 20 and variables is not None
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        dict(loss=dict(adv_loss="minimax")),
+        dict(loss=dict(adv_loss="hinge", fm_distance="l1")),
+        dict(loss=dict(adv_loss="wasserstein", gp_weight=10.0)),
+        dict(loss=dict(adv_loss="least_squares", fm_layers=("all",))),
+        dict(loss=dict(fm_only=True, fm_target="ema")),
+        dict(loss=dict(fm_layers=("block0_act", "3"), fm_layer_weights=(0.5, 2.0))),
+        dict(loss=dict(fm_layers=(), r1_weight=1.0)),
+        dict(optimizer=dict(d_steps=2)),
+    ],
+    ids=["minimax", "hinge_l1", "wgan_gp", "lsgan_all", "fm_only_ema", "weights", "no_fm_r1", "d2"],
+)
+def test_every_loss_option_trains_with_finite_measurements(tiny, sections):
+    trainer, config = build_trainer(tiny(**sections))
+    source = data.load_source(config.data)
+    input_fn = data.make_input_fn(source, 16, config.optimizer.d_steps, 0, 0)
+    iterator = iter(trainer.strategy.distribute_datasets_from_function(input_fn))
+    before = [w.numpy().copy() for w in trainer.generator.trainable_weights]
+    metrics = trainer.train(iterator, 2)
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert ("loss/g_fm" in metrics) == bool(config.loss.fm_layers)
+    after = [w.numpy() for w in trainer.generator.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert int(trainer.step.numpy()) == 2
+
+
+def sequential_models(config):
+    z, size, c = config.model.z_dim, config.data.image_size, config.data.channels
+
+    def generator():
+        return keras.Sequential(
+            [
+                keras.Input((z,)),
+                keras.layers.Dense(size * size * c, activation="tanh"),
+                keras.layers.Reshape((size, size, c)),
+            ]
+        )
+
+    discriminator = keras.Sequential(
+        [
+            keras.layers.Conv2D(4, 3, strides=2, name="conv"),
+            keras.layers.LeakyReLU(name="act"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(1, name="out"),
+        ]
+    )
+    return generator(), discriminator, generator()
+
+
+def test_python_api_trains_sequential_models(tiny):
+    config = tiny(loss=dict(fm_layers=("act", "flat")))
+    metrics = train_lib.run(config, build_models=sequential_models)
+    assert "loss/g_fm/act" in metrics and math.isfinite(metrics["loss/g_fm/act"])
+
+
+def test_models_flag_loads_a_users_file(tiny, tmp_path):
+    path = tmp_path / "my_models.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import keras
+
+            def build_generator(config):
+                s, c = config.data.image_size, config.data.channels
+                z = keras.Input((config.model.z_dim,))
+                x = keras.layers.Dense(s * s * c, activation="tanh")(z)
+                return keras.Model(z, keras.layers.Reshape((s, s, c))(x))
+
+            def build_discriminator(config):
+                s, c = config.data.image_size, config.data.channels
+                x = keras.Input((s, s, c))
+                h = keras.layers.Conv2D(3, 3, name="mine")(x)
+                return keras.Model(x, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+            """
+        )
+    )
+    config = tiny(model=dict(models=str(path)), loss=dict(fm_layers=("mine",)))
+    assert "loss/g_fm/mine" in train_lib.run(config)
+    bad = tiny(model=dict(models=str(path)), loss=dict(fm_layers=("nope",)))
+    with pytest.raises(ConfigError, match="valid: mine"):
+        train_lib.run(bad)
+    assert not os.path.exists(bad.loop.model_dir)
+
+
+def test_models_file_missing_builders_is_an_error(tiny, tmp_path):
+    path = tmp_path / "empty.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(
+        ConfigError, match="does not define build_generator and build_discriminator"
+    ):
+        train_lib.run(tiny(model=dict(models=str(path))))
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny):
+    def poisoned(config):
+        g, d, ema = models.build_models(config)
+        x = keras.layers.Lambda(lambda t: t * float("nan"))(d.get_layer("features").output)
+        bad_d = keras.Model(d.inputs, keras.layers.Dense(1, name="logits2")(x))
+        return g, bad_d, ema
+
+    config = tiny(loss=dict(fm_layers=()))
+    with pytest.raises(TrainingDiverged, match="between steps 1 and 2"):
+        train_lib.run(config, build_models=poisoned)
+    assert tf.train.latest_checkpoint(os.path.join(config.loop.model_dir, "checkpoints")) is None
+
+
+def test_model_dir_of_another_architecture_is_refused_untouched(tiny):
+    config = tiny()
+    train_lib.run(config)
+    before = checkpoint_values(config.loop.model_dir)
+    listing = sorted(os.listdir(config.loop.model_dir))
+    other = config.replace(model=dict(z_dim=16), loop=dict(train_steps=8))
+    with pytest.raises(ConfigError, match="--z_dim: 8 -> 16"):
+        train_lib.run(other)
+    assert sorted(os.listdir(config.loop.model_dir)) == listing
+    assert max_difference(before, checkpoint_values(config.loop.model_dir)) == 0.0
+
+
+def test_batch_that_does_not_split_is_an_error(tiny):
+    with pytest.raises(ConfigError, match="does not split over 3 replicas"):
+        train_lib.run(tiny(runtime=dict(strategy="mirrored", cpu_replicas=3)))
