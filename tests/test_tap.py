@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ganfm.config import Config, ConfigError
+from ganfm.config import SUPPORTED_IMAGE_SIZES, Config, ConfigError
 from ganfm.models import build_feature_tap, build_models, dcgan, resolve_layers
 
 
@@ -61,14 +61,18 @@ def test_generator_and_discriminator_variables_are_disjoint():
     assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
 
 
-def test_layer_names_are_stable_across_sizes():
-    for size in (8, 28, 64):
-        d = dcgan.build_discriminator(size, 1, 4)
-        names = [layer.name for layer in d.layers]
-        assert names[:3] == ["image", "block0_conv", "block0_act"]
-        assert names[-2:] == ["features", "logits"]
-        g = dcgan.build_generator(size, 1, 8, 4)
-        assert g.output.shape[1:] == (size, size, 1)
+@pytest.mark.parametrize("size", SUPPORTED_IMAGE_SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_builds_every_supported_size_with_stable_names(size, channels):
+    d = dcgan.build_discriminator(size, channels, 4)
+    names = [layer.name for layer in d.layers]
+    assert names[:3] == ["image", "block0_conv", "block0_act"]
+    assert names[-2:] == ["features", "logits"]
+    g = dcgan.build_generator(size, channels, 8, 4)
+    images = g(tf.random.normal([2, 8]))
+    assert images.shape == (2, size, size, channels)
+    assert float(tf.reduce_max(tf.abs(images))) <= 1.0
+    assert d(images).shape == (2, 1)
 
 
 def test_resolve_names_indices_and_all():

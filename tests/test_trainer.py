@@ -147,8 +147,19 @@ def test_every_replicated_variable_is_equal_on_all_replicas(tiny):
         dict(loss=dict(fm_layers=("block0_act", "3"), fm_layer_weights=(0.5, 2.0))),
         dict(loss=dict(fm_layers=(), r1_weight=1.0)),
         dict(optimizer=dict(d_steps=2)),
+        dict(data=dict(dataset="synthetic", image_size=16, channels=3)),
     ],
-    ids=["minimax", "hinge_l1", "wgan_gp", "lsgan_all", "fm_only_ema", "weights", "no_fm_r1", "d2"],
+    ids=[
+        "minimax",
+        "hinge_l1",
+        "wgan_gp",
+        "lsgan_all",
+        "fm_only_ema",
+        "weights",
+        "no_fm_r1",
+        "d2",
+        "rgb16",
+    ],
 )
 def test_every_loss_option_trains_with_finite_measurements(tiny, sections):
     trainer, config = build_trainer(tiny(**sections))
