@@ -137,7 +137,10 @@ def config_from_flags() -> cfg.Config:
     f = FLAGS
     return cfg.Config(
         data=cfg.DataConfig(f.dataset, f.data_dir, f.image_size, f.channels),
-        model=cfg.ModelConfig(f.z_dim, f.g_filters, f.d_filters, f.models),
+        # Absolute, so config.json still finds the file from another directory.
+        model=cfg.ModelConfig(
+            f.z_dim, f.g_filters, f.d_filters, os.path.abspath(f.models) if f.models else ""
+        ),
         loss=cfg.LossConfig(
             adv_loss=f.adv_loss,
             fm_layers=tuple(x.strip() for x in f.fm_layers if x.strip()),

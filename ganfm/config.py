@@ -13,6 +13,7 @@ from typing import Any
 
 from ganfm.errors import ConfigError
 
+CONFIG_FILE = "config.json"  # In --model_dir: the settings of the run.
 ADV_LOSSES = ("non_saturating", "minimax", "hinge", "wasserstein", "least_squares")
 FM_DISTANCES = ("l2", "l1")
 FM_TARGETS = ("batch", "ema")
@@ -220,7 +221,7 @@ def _validate(config: Config) -> None:
     _fraction("fm_target_decay", loss.fm_target_decay)
     _non_negative("r1_weight", loss.r1_weight)
     _non_negative("gp_weight", loss.gp_weight)
-    if loss.fm_layer_weights:
+    if loss.fm_layer_weights and loss.fm_layers != ("all",):  # 'all' is checked once resolved.
         _require(
             len(loss.fm_layer_weights) == len(loss.fm_layers),
             f"--fm_layer_weights has {len(loss.fm_layer_weights)} values but --fm_layers "
@@ -269,6 +270,14 @@ def _validate(config: Config) -> None:
     _require(0 <= rt.seed < 2**31, f"--seed={rt.seed} must be in [0, 2**31)")
 
 
+def _ema_layers(config: Config) -> tuple[str, ...]:
+    """The layers whose real-feature average a checkpoint holds (--fm_target=ema)."""
+    loss = config.loss
+    if loss.fm_target != "ema" or loss.fm_weight == 0:
+        return ()
+    return loss.fm_layers
+
+
 def architecture_differences(old: Config, new: Config) -> list[str]:
     """Settings that change the shape of what a checkpoint holds, as 'name: old -> new'."""
     fields = [
@@ -278,8 +287,6 @@ def architecture_differences(old: Config, new: Config) -> list[str]:
         ("g_filters", old.model.g_filters, new.model.g_filters),
         ("d_filters", old.model.d_filters, new.model.d_filters),
         ("models", old.model.models, new.model.models),
-        ("fm_target", old.loss.fm_target, new.loss.fm_target),
+        ("fm_target (moving-average state)", _ema_layers(old), _ema_layers(new)),
     ]
-    if new.loss.fm_target == "ema":
-        fields.append(("fm_layers", old.loss.fm_layers, new.loss.fm_layers))
     return [f"--{name}: {a!r} -> {b!r}" for name, a, b in fields if a != b]

@@ -51,9 +51,9 @@ def load_source(data: DataConfig) -> ImageSource:
         if data.data_dir:
             images, labels = load_idx_dir(data.data_dir)
         else:
-            images, labels = load_tfds(name, "")
+            images, labels = load_tfds(name, "", data.image_size)
     elif name.startswith("tfds:"):
-        images, labels = load_tfds(name.split(":", 1)[1], data.data_dir)
+        images, labels = load_tfds(name.split(":", 1)[1], data.data_dir, data.image_size)
     elif name.startswith("folder:"):
         return _folder_source(name.split(":", 1)[1], data)
     elif name == "synthetic":
@@ -63,7 +63,10 @@ def load_source(data: DataConfig) -> ImageSource:
         images = rng.integers(0, 256, (SYNTHETIC_POOL, size, size, channels), np.uint8)
         return ImageSource(name, size, channels, images=images)
     else:
-        raise ConfigError(f"--dataset={name!r} is unknown")
+        raise ConfigError(
+            f"--dataset={name!r} is unknown; use digits, mnist, fashion_mnist, synthetic, "
+            "tfds:<name> or folder:<path>"
+        )
     return _in_memory_source(name, images, labels, data)
 
 
@@ -80,16 +83,22 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 def read_idx(path: str) -> np.ndarray:
     """Reads an IDX file (the MNIST format), gzipped or not."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ConfigError(f"{path} is not an IDX file of unsigned bytes")
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ConfigError(f"cannot read {path} ({e}); re-download or reinstall it") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or len(raw) < 4 + 4 * raw[3]:
+        raise ConfigError(f"{path} is not an IDX file of unsigned bytes; check --data_dir")
     ndim = raw[3]
     dims = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(np.int64)
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ConfigError(f"{path} is truncated: expected {int(np.prod(dims))} values")
-    return data.reshape(dims)
+    expected, actual = int(np.prod(dims)), len(raw) - 4 - 4 * ndim
+    if actual != expected:
+        raise ConfigError(
+            f"{path} holds {actual} values but its header says {expected}; the file is "
+            "damaged: re-download or reinstall it"
+        )
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find(data_dir: str, stem: str) -> str | None:
@@ -111,13 +120,24 @@ def load_idx_dir(data_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
     labels_path = _find(data_dir, "train-labels-idx1-ubyte")
     images = read_idx(images_path)
     labels = read_idx(labels_path).astype(np.int64) if labels_path else None
+    if labels is not None and len(labels) != len(images):
+        raise ConfigError(
+            f"{labels_path} has {len(labels)} labels for {len(images)} images in "
+            f"{images_path}; the files are from different sets"
+        )
     if images.ndim == 3:
         images = images[..., None]
     return images, labels
 
 
-def load_tfds(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The train split of a TFDS image data set, read into memory."""
+def load_tfds(
+    name: str, data_dir: str, image_size: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The train split of a TFDS image data set, read into memory.
+
+    With image_size, images are center-cropped and resized as they are read, so data
+    sets of varying image sizes load too.
+    """
     import tensorflow_datasets as tfds
 
     try:
@@ -129,21 +149,28 @@ def load_tfds(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
             "or, for mnist/fashion_mnist, pass --data_dir with IDX files"
         ) from None
     if "image" not in info.features:
-        raise ConfigError(f"TFDS data set {name!r} has no 'image' feature")
+        raise ConfigError(f"TFDS data set {name!r} has no 'image' feature; pick an image data set")
     has_label = "label" in info.features
+    if image_size:
+        ds = ds.map(lambda ex: {**ex, "image": _crop_and_resize(ex["image"], image_size)})
     images, labels = [], []
-    for example in tfds.as_numpy(ds.batch(1024)):
-        images.append(example["image"])
-        if has_label:
-            labels.append(example["label"])
-    shapes = {im.shape[1:] for im in images}
-    if len(shapes) != 1:
-        raise ConfigError(f"TFDS data set {name!r} has images of varying shapes {shapes}")
+    try:
+        for example in tfds.as_numpy(ds.batch(1024)):
+            images.append(example["image"])
+            if has_label:
+                labels.append(example["label"])
+    except tf.errors.InvalidArgumentError:
+        raise ConfigError(
+            f"TFDS data set {name!r} has images of different sizes; pass --image_size "
+            f"(one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}) to crop and resize them"
+        ) from None
     return np.concatenate(images), (np.concatenate(labels) if has_label else None)
 
 
 def _resize(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     """Resizes uint8 NHWC images (square or center-cropped) and converts channels."""
+    if images.shape[-1] in (2, 4):  # Gray or RGB plus alpha: drop the alpha.
+        images = images[..., :-1]
     if images.shape[-1] != channels:
         if channels == 3:
             images = np.repeat(images, 3, axis=-1)
@@ -194,7 +221,7 @@ def _in_memory_source(
 def list_image_files(root: str) -> tuple[str, ...]:
     """Every PNG/JPEG file under root, sorted so the order is the same on every host."""
     if not os.path.isdir(root):
-        raise ConfigError(f"--dataset=folder:{root} is not a directory")
+        raise ConfigError(f"--dataset=folder:{root} is not a directory; give a folder of images")
     files = []
     for dirpath, _, names in os.walk(root, followlinks=True):
         files.extend(
@@ -233,10 +260,10 @@ def to_uint8(images: tf.Tensor) -> tf.Tensor:
 
 
 def _epoch_permutation(epoch: tf.Tensor, num_examples: int, seed: int) -> tf.Tensor:
-    keys = tf.random.stateless_uniform(
-        [num_examples], seed=tf.stack([tf.constant(seed + _PERMUTATION_SALT, tf.int64), epoch])
+    epoch_seed = tf.stack([tf.constant(seed + _PERMUTATION_SALT, tf.int64), epoch])
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64), seed=epoch_seed
     )
-    return tf.argsort(keys)
 
 
 def step_indices(
@@ -289,7 +316,8 @@ def make_input_fn(source: ImageSource, global_batch: int, d_steps: int, seed: in
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-            ds = ds.batch(local_batch).batch(d_steps).map(to_float)
+            batch = dict(drop_remainder=True)  # Static shapes (TPU, XLA).
+            ds = ds.batch(local_batch, **batch).batch(d_steps, **batch).map(to_float)
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

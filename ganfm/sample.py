@@ -15,29 +15,35 @@ import numpy as np
 from absl import app, flags
 
 from ganfm.cli import fail, parse_flags_or_exit, user_errors
+from ganfm.config import CONFIG_FILE
 from ganfm.errors import ConfigError
 
-flags.DEFINE_string("model_dir", None, "A training run's --model_dir.")
-flags.DEFINE_integer("num", 64, "How many samples.")
-flags.DEFINE_string("output", "samples.png", "Output file: .png (a grid) or .npy (uint8 NHWC).")
-flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_integer("batch", 256, "Images generated per call.")
 FLAGS = flags.FLAGS
-
 OUTPUT_KINDS = (".png", ".npy")
 
 
-def generate(model_dir: str, num: int, seed: int, batch: int = 256) -> np.ndarray:
-    """uint8 [num, H, W, C] samples of the newest checkpoint's EMA generator."""
+def _define_flags() -> None:
+    """Only when run as a program, so importing generate() defines no flags."""
+    flags.DEFINE_string("model_dir", None, "A training run's --model_dir.")
+    flags.DEFINE_integer("num", 64, "How many samples.")
+    flags.DEFINE_string("output", "samples.png", "Output: .png (a grid) or .npy (uint8 NHWC).")
+    flags.DEFINE_integer("seed", 0, "Noise seed.")
+    flags.DEFINE_integer("batch", 256, "Images generated per call.")
+
+
+def generate(model_dir: str, num: int, seed: int, batch: int = 256, generator=None) -> np.ndarray:
+    """uint8 [num, H, W, C] samples of the newest checkpoint's EMA generator.
+
+    Pass `generator` (a fresh instance of the run's generator) for runs whose models
+    came from Python rather than the built-in DCGAN or a --models file.
+    """
     from ganfm import checkpointing, data, models, train_lib
     from ganfm.trainer import sample_noise
 
     config = train_lib.load_config(model_dir)
-    generator = models.build_generator(config)
-    try:
-        checkpointing.restore_ema_generator(model_dir, generator)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    if generator is None:
+        generator = models.build_generator(config)
+    checkpointing.restore_ema_generator(model_dir, generator)
     noise = sample_noise(seed, num, config.model.z_dim)
     chunks = [
         data.to_uint8(generator(noise[i : i + batch], training=False)).numpy()
@@ -68,6 +74,10 @@ def main(argv: list[str]) -> None:
         parent = os.path.dirname(os.path.abspath(FLAGS.output))
         if not os.path.isdir(parent):
             raise ConfigError(f"--output={FLAGS.output!r}: folder {parent} does not exist")
+        if not os.path.isfile(os.path.join(FLAGS.model_dir, CONFIG_FILE)):
+            raise ConfigError(
+                f"--model_dir={FLAGS.model_dir!r} has no {CONFIG_FILE}; train there first"
+            )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         samples = generate(FLAGS.model_dir, FLAGS.num, FLAGS.seed, FLAGS.batch)
         write(samples, FLAGS.output)
@@ -75,5 +85,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=parse_flags_or_exit)
     sys.exit(0)

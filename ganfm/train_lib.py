@@ -16,13 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from ganfm import checkpointing, data, distribute, images, models
-from ganfm.config import Config, architecture_differences
+from ganfm.config import CONFIG_FILE, Config, architecture_differences
 from ganfm.errors import ConfigError, TrainingDiverged
 from ganfm.progress import Progress
 from ganfm.summaries import Summaries
 from ganfm.trainer import Trainer, sample_noise
 
-CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.png"
 NUM_GRID_SAMPLES = 64
 PRINT_EVERY_SECONDS = 10.0
@@ -42,8 +41,7 @@ def check_model_dir(config: Config) -> None:
         if os.path.exists(config.loop.model_dir) and not os.path.isdir(config.loop.model_dir):
             raise ConfigError(f"--model_dir={config.loop.model_dir!r} is a file, not a directory")
         return
-    with open(path) as f:
-        saved = Config.from_json(f.read())
+    saved = _read_config(path)
     diffs = architecture_differences(saved, config)
     if diffs:
         raise ConfigError(
@@ -56,8 +54,18 @@ def load_config(model_dir: str) -> Config:
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.exists(path):
         raise ConfigError(f"--model_dir={model_dir!r} has no {CONFIG_FILE}; train there first")
-    with open(path) as f:
-        return Config.from_json(f.read())
+    return _read_config(path)
+
+
+def _read_config(path: str) -> Config:
+    try:
+        with open(path) as f:
+            return Config.from_json(f.read())
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(
+            f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "restore it from a backup or use a new --model_dir"
+        ) from None
 
 
 def _write_config(config: Config) -> None:
@@ -90,28 +98,77 @@ def setup_runtime(config: Config) -> tf.distribute.Strategy:
     return strategy
 
 
-def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, float]:
-    """Trains to config.loop.train_steps, resuming from --model_dir if it holds a run.
-
-    Returns the measurements of the last loop (empty if there was nothing to train).
-    """
-    config.validate()
-    source = data.load_source(config.data)
-    config = resolve(config, source)
-    check_model_dir(config)
-    strategy = setup_runtime(config)
+def _build(config: Config, strategy, build_models: ModelBuilder | None):
+    """Models, trainer, checkpoint manager and restore, all inside the strategy scope
+    (restoring there puts the values in every replica's copy)."""
     with strategy.scope():
         generator, discriminator, ema_generator = models.prepare(
             config, *(build_models or models.build_models)(config)
         )
         trainer = Trainer(config, generator, discriminator, ema_generator, strategy=strategy)
-        loop = config.loop
         manager = checkpointing.make_manager(
-            trainer.checkpoint_items(), loop.model_dir, loop.keep_checkpoints, trainer.step
+            trainer.checkpoint_items(),
+            config.loop.model_dir,
+            config.loop.keep_checkpoints,
+            trainer.step,
         )
         restored = checkpointing.restore_latest(manager)
+    return trainer, manager, restored
+
+
+def _real_grid(source: data.ImageSource) -> np.ndarray:
+    if source.images is not None:
+        real = source.images[:NUM_GRID_SAMPLES]
+    else:
+        real = np.stack(
+            [
+                data.decode_image_file(path, source.image_size, source.channels).numpy()
+                for path in source.files[:NUM_GRID_SAMPLES]
+            ]
+        )
+    return images.make_grid(real)
+
+
+class _Window:
+    """Measurements averaged over the steps since the last summary."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, metrics: dict[str, float], steps: int) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * steps
+        self.steps += steps
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.steps for name, total in self.sums.items()}
+
+
+def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, float]:
+    """Trains to config.loop.train_steps, resuming from --model_dir if it holds a run.
+
+    build_models(config) -> (generator, discriminator, ema_generator) replaces the
+    built-in DCGAN; it is called inside the strategy scope. Returns the measurements
+    of the last loop (empty if there was nothing to train).
+    """
+    config.validate()
+    # The strategy first: splitting the CPU must precede any TensorFlow op.
+    strategy = setup_runtime(config)
+    source = data.load_source(config.data)
+    config = resolve(config, source)
+    recorded = config  # What config.json says: models from Python are marked as such.
+    if build_models is not None:
+        recorded = config.replace(model=dict(models=models.python_models_marker(build_models)))
+    check_model_dir(recorded)
+    trainer, manager, restored = _build(config, strategy, build_models)
     # Everything the user typed has been checked: only now touch --model_dir.
-    _write_config(config)
+    _write_config(recorded)
+    loop = config.loop
     step = int(trainer.step.numpy())
     if restored:
         print(f"Resumed from {restored} at step {step}.", flush=True)
@@ -128,9 +185,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     iterator = iter(strategy.distribute_datasets_from_function(input_fn))
     summaries = Summaries(loop.model_dir)
     if step == 0:
-        real = source.images[:NUM_GRID_SAMPLES] if source.images is not None else None
-        if real is not None:
-            summaries.image(0, "samples/real", images.make_grid(real))
+        summaries.image(0, "samples/real", _real_grid(source))
     images_per_step = loop.batch_size * config.optimizer.d_steps
     progress = Progress(loop.train_steps, images_per_step, step)
     print(
@@ -142,20 +197,25 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
         flush=True,
     )
     started = time.perf_counter()
+    window = _Window()
     metrics: dict[str, float] = {}
     while step < loop.train_steps:
         count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
         metrics = trainer.train(iterator, count)
         first, step = step + 1, step + count
         _check_finite(metrics, first, step, manager.latest_checkpoint)
-        speed = progress.update(step)
+        progress.update(step)
+        window.add(metrics, count)
         last = step == loop.train_steps
         summary_due = step % loop.summary_every == 0 or last
         if summary_due:
+            seconds = time.perf_counter() - window.started
+            speed = window.steps * images_per_step / max(seconds, 1e-9)
             grid = _sample_grid(trainer, noise)
-            summaries.scalars(step, {**metrics, "perf/images_per_second": speed})
+            summaries.scalars(step, {**window.means(), "perf/images_per_second": speed})
             summaries.image(step, "samples/ema", grid)
             images.write_png(samples_path, images.upscale(grid))
+            window.reset()
         if summary_due or progress.due(PRINT_EVERY_SECONDS):
             print(progress.line(step, metrics), flush=True)
         if step % loop.checkpoint_every == 0 or last:

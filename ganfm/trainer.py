@@ -51,7 +51,7 @@ class Trainer:
         strategy = tf.distribute.MirroredStrategy()
         with strategy.scope():
             g, d, g_ema = my_generator(), my_discriminator(), my_generator()
-            trainer = ganfm.Trainer(config, g, d, g_ema, strategy=strategy)
+            trainer = ganfm.trainer.Trainer(config, g, d, g_ema, strategy=strategy)
         iterator = iter(strategy.distribute_datasets_from_function(input_fn))
         measurements = trainer.train(iterator, 100)
     """
@@ -75,7 +75,7 @@ class Trainer:
         loss = config.loss
         use_fm = loss.fm_weight > 0 and bool(loss.fm_layers)
         self.fm_layers = resolve_layers(discriminator, loss.fm_layers) if use_fm else []
-        weights = loss.fm_layer_weights or (1.0,) * len(self.fm_layers)
+        weights = (loss.fm_layer_weights if use_fm else ()) or (1.0,) * len(self.fm_layers)
         if len(weights) != len(self.fm_layers):
             raise ConfigError(
                 f"--fm_layer_weights has {len(weights)} values for {len(self.fm_layers)} "
@@ -136,19 +136,19 @@ class Trainer:
             return None
         module = tf.Module(name="fm_target")
         sizes = {n: int(np.prod(self.tap.output[n].shape[1:])) for n in self.fm_layers}
-        # MEAN aggregation: replicas write the same global mean (or their local means).
+        # On-read variables: each replica updates its own copy with no communication.
+        # With --fm_stats=global every copy holds the same global average; with local,
+        # each replica tracks its own slice's statistics. Saving stores the mean.
+        on_read = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
         module.means = [
-            tf.Variable(
-                tf.zeros([sizes[n]]),
-                trainable=False,
-                name=f"fm_target_{i}",
-                aggregation=tf.VariableAggregation.MEAN,
-            )
+            tf.Variable(tf.zeros([sizes[n]]), name=f"fm_target_{i}", **on_read)
             for i, n in enumerate(self.fm_layers)
         ]
-        module.updates = tf.Variable(
-            0.0, trainable=False, name="updates", aggregation=tf.VariableAggregation.MEAN
-        )
+        module.updates = tf.Variable(0.0, name="updates", **on_read)
         return module
 
     # -- the replica step -----------------------------------------------------------
@@ -262,9 +262,9 @@ class Trainer:
 
     def _replica_step(self, batches) -> tf.Tensor:
         step = self.step.read_value()
-        metrics = {}
-        for k in range(self.config.optimizer.d_steps):
-            metrics.update(self._discriminator_update(batches[k], step, k))
+        d_steps = self.config.optimizer.d_steps
+        updates = [self._discriminator_update(batches[k], step, k) for k in range(d_steps)]
+        metrics = {name: tf.add_n([u[name] for u in updates]) / d_steps for name in updates[0]}
         metrics.update(self._generator_update(batches[-1], step))
         return tf.stack([tf.cast(metrics[n], tf.float32) for n in self.metric_names])
 

@@ -86,7 +86,7 @@ def test_truncated_or_missing_idx_files_are_clear_errors(tmp_path):
     write_idx(str(tmp_path / "train-images-idx3-ubyte"), np.zeros((4, 5, 5)))
     with open(tmp_path / "train-images-idx3-ubyte", "r+b") as f:
         f.truncate(40)
-    with pytest.raises(ConfigError, match="truncated"):
+    with pytest.raises(ConfigError, match="damaged"):
         data.load_source(DataConfig("mnist", str(tmp_path)))
 
 
@@ -140,6 +140,24 @@ def test_tfds_source_reads_a_prepared_data_set(tmp_path):
     with tfds.testing.mock_data(num_examples=12):
         source = data.load_source(DataConfig("tfds:mnist", image_size=16))
     assert source.images.shape == (12, 16, 16, 1) and source.labels.shape == (12,)
+
+
+def test_tfds_images_of_varying_sizes_need_an_image_size():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        with pytest.raises(ConfigError, match="different sizes; pass --image_size"):
+            data.load_source(DataConfig("tfds:tf_flowers"))
+        source = data.load_source(DataConfig("tfds:tf_flowers", image_size=32))
+    assert source.images.shape == (6, 32, 32, 3)
+
+
+@pytest.mark.parametrize("channels_in, channels_out", [(4, 3), (4, 1), (2, 1), (2, 3), (3, 1)])
+def test_alpha_is_dropped_and_channels_converted(channels_in, channels_out):
+    images = np.full((2, 8, 8, channels_in), 200, np.uint8)
+    out = data._resize(images, 8, channels_out)
+    assert out.shape == (2, 8, 8, channels_out)
+    assert abs(int(out.max()) - 200) <= 1
 
 
 def test_tfds_failure_is_one_clear_line(tmp_path):

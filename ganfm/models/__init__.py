@@ -14,15 +14,30 @@ __all__ = [
     "build_generator",
     "build_models",
     "builders",
+    "python_models_marker",
     "prepare",
     "ensure_built",
     "resolve_layers",
 ]
 
 
+PYTHON_MODELS = "python:"
+
+
+def python_models_marker(build_models) -> str:
+    """What config.json records for models passed from Python (train_lib.run)."""
+    module = getattr(build_models, "__module__", "?")
+    return f"{PYTHON_MODELS}{module}.{getattr(build_models, '__qualname__', '?')}"
+
+
 def builders(config: Config):
     """(build_generator, build_discriminator), each config -> keras.Model."""
     data, model = config.data, config.model
+    if model.models.startswith(PYTHON_MODELS):
+        raise ConfigError(
+            f"this run's models came from Python ({model.models[len(PYTHON_MODELS) :]}); "
+            "build the generator there and pass it: ganfm.sample.generate(..., generator=g)"
+        )
     if model.models:
         return load_builders(model.models)
 
