@@ -40,6 +40,11 @@ flags.DEFINE_integer("channels", D.data.channels, "1 or 3; 0: the data set's own
 flags.DEFINE_integer("z_dim", D.model.z_dim, "Generator noise dimension.")
 flags.DEFINE_integer("g_filters", D.model.g_filters, "Filters of the last generator block.")
 flags.DEFINE_integer("d_filters", D.model.d_filters, "Filters of the first discriminator block.")
+flags.DEFINE_boolean(
+    "sync_bn",
+    D.model.sync_bn,
+    "Synchronized batch norm (statistics over the global batch) in every model.",
+)
 flags.DEFINE_string(
     "models",
     D.model.models,
@@ -112,7 +117,31 @@ flags.DEFINE_enum(
     "strategy",
     D.runtime.strategy,
     cfg.STRATEGIES,
-    "default (one device), one_device, mirrored (all local GPUs, or --cpu_replicas CPUs).",
+    "default (one device), one_device, mirrored (all local GPUs, or --cpu_replicas CPUs), "
+    "multi_worker (MultiWorkerMirroredStrategy: TF_CONFIG, --worker_hosts or Slurm), "
+    "tpu (TPUStrategy, --tpu).",
+)
+flags.DEFINE_string(
+    "worker_hosts",
+    D.runtime.worker_hosts,
+    "multi_worker: every worker's host:port, comma-separated (sets TF_CONFIG).",
+)
+flags.DEFINE_integer(
+    "task_index", D.runtime.task_index, "multi_worker with --worker_hosts: this worker's index."
+)
+flags.DEFINE_enum(
+    "collective",
+    D.runtime.collective,
+    cfg.COLLECTIVES,
+    "multi_worker all-reduce: auto, ring (gRPC, CPUs) or nccl (GPUs).",
+)
+flags.DEFINE_string(
+    "tpu", D.runtime.tpu, "tpu: the TPU's name, a grpc:// address, or 'local' on a TPU VM."
+)
+flags.DEFINE_boolean(
+    "jit_compile",
+    D.runtime.jit_compile,
+    "XLA-compile the loss-and-gradient computation (for GPUs; TPUs compile everything).",
 )
 flags.DEFINE_integer(
     "cpu_replicas", D.runtime.cpu_replicas, "With --strategy=mirrored: N logical CPU replicas."
@@ -139,7 +168,11 @@ def config_from_flags() -> cfg.Config:
         data=cfg.DataConfig(f.dataset, f.data_dir, f.image_size, f.channels),
         # Absolute, so config.json still finds the file from another directory.
         model=cfg.ModelConfig(
-            f.z_dim, f.g_filters, f.d_filters, os.path.abspath(f.models) if f.models else ""
+            f.z_dim,
+            f.g_filters,
+            f.d_filters,
+            os.path.abspath(f.models) if f.models else "",
+            f.sync_bn,
         ),
         loss=cfg.LossConfig(
             adv_loss=f.adv_loss,
@@ -164,7 +197,17 @@ def config_from_flags() -> cfg.Config:
             f.checkpoint_every,
             f.keep_checkpoints,
         ),
-        runtime=cfg.RuntimeConfig(f.strategy, f.cpu_replicas, f.seed, f.deterministic),
+        runtime=cfg.RuntimeConfig(
+            strategy=f.strategy,
+            cpu_replicas=f.cpu_replicas,
+            seed=f.seed,
+            deterministic=f.deterministic,
+            worker_hosts=f.worker_hosts,
+            task_index=f.task_index,
+            collective=f.collective,
+            tpu=f.tpu,
+            jit_compile=f.jit_compile,
+        ),
     )
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints through tf.train.CheckpointManager.
+"""Checkpoints through tf.train.CheckpointManager, chief-only on multi-worker jobs.
 
 Restore happens inside the strategy scope (train_lib), so restored values land in every
 replica's copy of each variable.
@@ -7,6 +7,8 @@ replica's copy of each variable.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -19,25 +21,58 @@ def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_SUBDIR)
 
 
-def make_manager(items: dict, model_dir: str, keep: int, step: tf.Variable):
-    checkpoint = tf.train.Checkpoint(**items)
-    return tf.train.CheckpointManager(
-        checkpoint, checkpoint_dir(model_dir), max_to_keep=keep, step_counter=step
-    )
+class Checkpointer:
+    """Saves and restores a run's state in <model_dir>/checkpoints.
 
+    Every worker of a multi-worker job must take part in every save (saving reads
+    variables through collectives; a chief-only save hangs). Only the chief keeps what
+    it writes; the others write into a temporary directory and delete it. All workers
+    restore from the chief's directory, so a multi-worker --model_dir must be on a
+    file system every worker sees (NFS, GCS, ...).
+    """
 
-def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
-    """Restores the newest checkpoint, if any; every saved object must match."""
-    path = manager.latest_checkpoint
-    if path:
+    def __init__(
+        self, items: dict, model_dir: str, keep: int, step: tf.Variable, chief: bool = True
+    ):
+        self.checkpoint = tf.train.Checkpoint(**items)
+        self.directory = checkpoint_dir(model_dir)
+        self.chief = chief
+        self._step = step
+        self._keep = keep
+        if chief:
+            self._manager = tf.train.CheckpointManager(
+                self.checkpoint, self.directory, max_to_keep=keep, step_counter=step
+            )
+
+    @property
+    def latest(self) -> str | None:
+        return tf.train.latest_checkpoint(self.directory)
+
+    def restore(self) -> str | None:
+        """Restores the newest checkpoint, if any; every saved object must match."""
+        path = self.latest
+        if path:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise ConfigError(
+                    f"checkpoint {path} does not fit these models ({_first_line(e)}); "
+                    "use a new --model_dir or the settings the run was started with"
+                ) from None
+        return path
+
+    def save(self, step: int) -> str | None:
+        if self.chief:
+            return self._manager.save(checkpoint_number=step)
+        scratch = tempfile.mkdtemp(prefix="ganfm-worker-checkpoint-")
         try:
-            manager.checkpoint.restore(path).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ConfigError(
-                f"checkpoint {path} does not fit these models ({_first_line(e)}); "
-                "use a new --model_dir or the settings the run was started with"
-            ) from None
-    return path
+            manager = tf.train.CheckpointManager(
+                self.checkpoint, scratch, max_to_keep=1, step_counter=self._step
+            )
+            manager.save(checkpoint_number=step)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return None
 
 
 def _first_line(error: Exception, limit: int = 200) -> str:

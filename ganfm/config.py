@@ -18,7 +18,8 @@ ADV_LOSSES = ("non_saturating", "minimax", "hinge", "wasserstein", "least_square
 FM_DISTANCES = ("l2", "l1")
 FM_TARGETS = ("batch", "ema")
 FM_STATS = ("global", "local")
-STRATEGIES = ("default", "one_device", "mirrored")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+COLLECTIVES = ("auto", "ring", "nccl")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "synthetic")
 DATASET_PREFIXES = ("tfds:", "folder:")
 # DCGAN stacks double the resolution per block from a 4x4 (or 7x7) start.
@@ -39,6 +40,7 @@ class ModelConfig:
     g_filters: int = 32
     d_filters: int = 32
     models: str = ""  # Path to a user module with build_generator/build_discriminator.
+    sync_bn: bool = True  # Batch norm over the global batch in every model.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,11 @@ class RuntimeConfig:
     cpu_replicas: int = 0  # >0: split the CPU into this many logical devices (mirrored).
     seed: int = 0
     deterministic: bool = False
+    worker_hosts: str = ""  # multi_worker: host:port,host:port (sets TF_CONFIG).
+    task_index: int = 0  # multi_worker with worker_hosts: this process's index.
+    collective: str = "auto"  # multi_worker all-reduce implementation.
+    tpu: str = ""  # tpu: a TPU name, grpc://address, or "local" on a TPU VM.
+    jit_compile: bool = False  # XLA for the loss-and-gradient computation.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +275,29 @@ def _validate(config: Config) -> None:
             f"--cpu_replicas={rt.cpu_replicas} only applies to --strategy=mirrored",
         )
     _require(0 <= rt.seed < 2**31, f"--seed={rt.seed} must be in [0, 2**31)")
+    _require(
+        rt.collective in COLLECTIVES,
+        f"--collective={rt.collective!r} is unknown; use one of {', '.join(COLLECTIVES)}",
+    )
+    if rt.worker_hosts:
+        _require(
+            rt.strategy == "multi_worker",
+            "--worker_hosts only applies to --strategy=multi_worker",
+        )
+        hosts = rt.worker_hosts.split(",")
+        for host in hosts:
+            _require(
+                host.rpartition(":")[0] != "" and host.rpartition(":")[2].isdigit(),
+                f"--worker_hosts entry {host!r} is not host:port; e.g. "
+                "--worker_hosts=10.0.0.1:2222,10.0.0.2:2222",
+            )
+        _require(
+            0 <= rt.task_index < len(hosts),
+            f"--task_index={rt.task_index} is not in [0, {len(hosts)}) for "
+            f"{len(hosts)} --worker_hosts",
+        )
+    if rt.tpu:
+        _require(rt.strategy == "tpu", "--tpu only applies to --strategy=tpu")
 
 
 def _ema_layers(config: Config) -> tuple[str, ...]:

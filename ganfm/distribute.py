@@ -1,17 +1,25 @@
-"""The one place a tf.distribute.Strategy is created.
+"""The one place a tf.distribute.Strategy (and its cluster resolver) is created.
 
-Multi-worker and TPU strategies (and their cluster resolvers) belong here too; every
-other module only sees the Strategy object.
+Every other module only sees the Strategy object, plus `is_chief` and `task_id` for
+the side effects only one process may have (summaries, samples, the real checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
 
 import tensorflow as tf
 
 from ganfm.config import ConfigError, RuntimeConfig
+
+_COLLECTIVES = {
+    "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+    "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+    "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+}
 
 
 def split_cpu(num_devices: int) -> list[str]:
@@ -45,7 +53,92 @@ def make_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
     if runtime.strategy == "mirrored":
         # All local GPUs (or the CPU) unless --cpu_replicas splits the CPU.
         return _mirrored(split_cpu(runtime.cpu_replicas) if runtime.cpu_replicas else None)
+    if runtime.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=cluster_resolver(runtime),
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=_COLLECTIVES[runtime.collective]
+            ),
+        )
+    if runtime.strategy == "tpu":
+        return _tpu_strategy(runtime.tpu)
     raise ConfigError(f"--strategy={runtime.strategy!r} is unknown")
+
+
+def cluster_resolver(runtime: RuntimeConfig):
+    """The cluster of a multi-worker job: --worker_hosts, TF_CONFIG, or Slurm's srun.
+
+    --worker_hosts/--task_index are turned into TF_CONFIG, so every tool that reads it
+    (TensorFlow's own included) sees the same cluster.
+    """
+    if runtime.worker_hosts:
+        os.environ["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": runtime.worker_hosts.split(",")},
+                "task": {"type": "worker", "index": runtime.task_index},
+            }
+        )
+    if os.environ.get("TF_CONFIG"):
+        _check_tf_config(os.environ["TF_CONFIG"])
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if "SLURM_PROCID" in os.environ and "SLURM_STEP_NODELIST" in os.environ:
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    raise ConfigError(
+        "--strategy=multi_worker needs a cluster: set TF_CONFIG, pass --worker_hosts and "
+        "--task_index, or start the job with srun under Slurm"
+    )
+
+
+def _check_tf_config(text: str) -> None:
+    try:
+        spec = json.loads(text)
+        workers = spec["cluster"]["worker"] + spec["cluster"].get("chief", [])
+        task = spec["task"]
+        index, kind = int(task["index"]), task["type"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"TF_CONFIG does not parse ({type(e).__name__}: {e}); it must look like "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
+    if kind not in spec["cluster"] or not 0 <= index < len(spec["cluster"][kind]):
+        raise ConfigError(
+            f"TF_CONFIG task {kind}:{index} is not in its cluster {sorted(spec['cluster'])}"
+        )
+    if not workers:
+        raise ConfigError("TF_CONFIG lists no workers")
+
+
+def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
+    """Connects to the TPU (a name, grpc://address, or 'local' on a TPU VM)."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+        if tpu != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"cannot reach a TPU with --tpu={tpu!r} ({first[:200]}); on a TPU VM use "
+            "--tpu=local, elsewhere the TPU's name; see BUILD.md"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def task_id(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(getattr(resolver, "task_id", 0) or 0)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the one process that writes summaries, samples and checkpoints."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(resolver, tf.distribute.cluster_resolver.TPUClusterResolver):
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    task_type = resolver.task_type
+    if not jobs or task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
 
 
 _mirrored_count = itertools.count()

@@ -106,14 +106,15 @@ def _build(config: Config, strategy, build_models: ModelBuilder | None):
             config, *(build_models or models.build_models)(config)
         )
         trainer = Trainer(config, generator, discriminator, ema_generator, strategy=strategy)
-        manager = checkpointing.make_manager(
+        checkpoints = checkpointing.Checkpointer(
             trainer.checkpoint_items(),
             config.loop.model_dir,
             config.loop.keep_checkpoints,
             trainer.step,
+            chief=distribute.is_chief(strategy),
         )
-        restored = checkpointing.restore_latest(manager)
-    return trainer, manager, restored
+        restored = checkpoints.restore()
+    return trainer, checkpoints, restored
 
 
 def _real_grid(source: data.ImageSource) -> np.ndarray:
@@ -165,9 +166,11 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     if build_models is not None:
         recorded = config.replace(model=dict(models=models.python_models_marker(build_models)))
     check_model_dir(recorded)
-    trainer, manager, restored = _build(config, strategy, build_models)
+    trainer, checkpoints, restored = _build(config, strategy, build_models)
+    chief = checkpoints.chief  # Only the chief writes into --model_dir.
     # Everything the user typed has been checked: only now touch --model_dir.
-    _write_config(recorded)
+    if chief:
+        _write_config(recorded)
     loop = config.loop
     step = int(trainer.step.numpy())
     if restored:
@@ -176,15 +179,16 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     samples_path = os.path.join(loop.model_dir, SAMPLES_FILE)
     if step >= loop.train_steps:
         print(f"Already at step {step} >= --train_steps={loop.train_steps}; nothing to do.")
-        images.write_png(samples_path, images.upscale(_sample_grid(trainer, noise)))
+        if chief:
+            images.write_png(samples_path, images.upscale(_sample_grid(trainer, noise)))
         return {}
 
     input_fn = data.make_input_fn(
         source, loop.batch_size, config.optimizer.d_steps, config.runtime.seed, start_step=step
     )
     iterator = iter(strategy.distribute_datasets_from_function(input_fn))
-    summaries = Summaries(loop.model_dir)
-    if step == 0:
+    summaries = Summaries(loop.model_dir, enabled=chief)
+    if step == 0 and chief:
         summaries.image(0, "samples/real", _real_grid(source))
     images_per_step = loop.batch_size * config.optimizer.d_steps
     progress = Progress(loop.train_steps, images_per_step, step)
@@ -203,7 +207,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
         count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
         metrics = trainer.train(iterator, count)
         first, step = step + 1, step + count
-        _check_finite(metrics, first, step, manager.latest_checkpoint)
+        _check_finite(metrics, first, step, checkpoints.latest)
         progress.update(step)
         window.add(metrics, count)
         last = step == loop.train_steps
@@ -211,19 +215,31 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
         if summary_due:
             seconds = time.perf_counter() - window.started
             speed = window.steps * images_per_step / max(seconds, 1e-9)
-            grid = _sample_grid(trainer, noise)
             summaries.scalars(step, {**window.means(), "perf/images_per_second": speed})
-            summaries.image(step, "samples/ema", grid)
-            images.write_png(samples_path, images.upscale(grid))
+            if chief:
+                grid = _sample_grid(trainer, noise)
+                summaries.image(step, "samples/ema", grid)
+                images.write_png(samples_path, images.upscale(grid))
             window.reset()
         if summary_due or progress.due(PRINT_EVERY_SECONDS):
             print(progress.line(step, metrics), flush=True)
         if step % loop.checkpoint_every == 0 or last:
-            manager.save(checkpoint_number=step)
+            checkpoints.save(step)
     summaries.close()
+    where = (
+        f"samples in {samples_path}, checkpoint {checkpoints.latest}"
+        if chief
+        else (f"worker {distribute.task_id(strategy)}: the chief writes samples and checkpoints")
+    )
     print(
-        f"Done: step {step} in {time.perf_counter() - started:.0f}s; samples in "
-        f"{samples_path}, checkpoint {manager.latest_checkpoint}",
+        f"Done: step {step} in {time.perf_counter() - started:.0f}s; {where}; "
+        f"weights checksum {weights_checksum(trainer):.9g}",
         flush=True,
     )
     return metrics
+
+
+def weights_checksum(trainer: Trainer) -> float:
+    """Sum of |w| over both networks: equal on every worker of a correct job."""
+    weights = trainer.generator.weights + trainer.discriminator.weights
+    return float(sum(np.abs(np.asarray(w.numpy(), np.float64)).sum() for w in weights))

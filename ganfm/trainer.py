@@ -96,6 +96,21 @@ class Trainer:
             self.fm_target = self._make_fm_target()
         for e, v in zip(ema_generator.weights, generator.weights, strict=True):
             e.assign(v)
+        self._d_loss_and_grads = self._discriminator_loss_and_grads
+        self._g_loss_and_grads = self._generator_loss_and_grads
+        if config.runtime.jit_compile and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+            # XLA around the loss and gradients only: around strategy.run it fails on
+            # logical CPU devices, and optimizer updates gain little from it. (TPUStrategy
+            # compiles the whole step itself.)
+            if self.strategy.num_replicas_in_sync > 1:
+                raise ConfigError(
+                    "--jit_compile works with one replica per process: under "
+                    f"{type(self.strategy).__name__} the all-reduces of synchronized batch "
+                    "norm and global feature statistics cannot sit in a compiled function; "
+                    "drop --jit_compile or train on one device"
+                )
+            self._d_loss_and_grads = tf.function(self._d_loss_and_grads, jit_compile=True)
+            self._g_loss_and_grads = tf.function(self._g_loss_and_grads, jit_compile=True)
         self._loop = tf.function(self._loop_fn)
 
     # -- construction checks -------------------------------------------------------
@@ -188,8 +203,18 @@ class Trainer:
         return targets
 
     def _discriminator_update(self, real, step, k: int) -> dict:
-        cfg = self.config.loss
         z = self._noise(step, k, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
+        alpha = None
+        if self.config.loss.gp_weight:
+            alpha = self._noise(step, k, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
+        grads, metrics = self._d_loss_and_grads(real, z, alpha)
+        d_vars = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(grads, d_vars, strict=True))
+        return metrics
+
+    def _discriminator_loss_and_grads(self, real, z, alpha):
+        """Discriminator loss, penalties and gradients: the part --jit_compile compiles."""
+        cfg = self.config.loss
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
@@ -207,7 +232,6 @@ class Trainer:
                 per_example += cfg.r1_weight * r1
                 terms["loss/d_r1"] = r1
             if cfg.gp_weight:
-                alpha = self._noise(step, k, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
                 interp = real + alpha * (tf.stop_gradient(fake) - real)
                 with tf.GradientTape(watch_accessed_variables=False) as gp_tape:
                     gp_tape.watch(interp)
@@ -217,27 +241,30 @@ class Trainer:
                 terms["loss/d_gp"] = gp
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
         grads = tape.gradient(loss, d_vars)
-        self.d_optimizer.apply_gradients(zip(grads, d_vars, strict=True))
         metrics = {name: tf.reduce_mean(v) for name, v in terms.items()}
         metrics["loss/d"] = tf.reduce_mean(per_example)
         metrics["d_out/real_logit"] = tf.reduce_mean(real_logits)
         metrics["d_out/fake_logit"] = tf.reduce_mean(fake_logits)
         metrics["d_out/real_prob"] = tf.reduce_mean(tf.sigmoid(real_logits))
         metrics["d_out/fake_prob"] = tf.reduce_mean(tf.sigmoid(fake_logits))
-        return metrics
+        return grads, metrics
 
     def _generator_update(self, real, step) -> dict:
-        cfg = self.config.loss
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        z = self._noise(
-            step,
-            self.config.optimizer.d_steps,
-            _NOISE_SALT,
-            [self.z_dim],
-            tf.random.stateless_normal,
-        )
+        k = self.config.optimizer.d_steps
+        z = self._noise(step, k, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
+        targets = {}
         if self.fm_layers:  # Targets need no gradient: computed outside the tape.
             targets = self._fm_targets(self._feature_means(self.tap(real, training=True)))
+        grads, metrics = self._g_loss_and_grads(targets, z)
+        g_vars = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(grads, g_vars, strict=True))
+        return metrics
+
+    def _generator_loss_and_grads(self, targets, z):
+        """Generator loss (adversarial + feature matching) and gradients: the part
+        --jit_compile compiles."""
+        cfg = self.config.loss
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         g_vars = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             fake_out = self.tap(self.generator(z, training=True), training=True)
@@ -255,10 +282,9 @@ class Trainer:
                 metrics["loss/g_fm"] = fm
                 metrics.update({f"loss/g_fm/{n}": v for n, v in per_layer.items()})
         grads = tape.gradient(loss, g_vars)
-        self.g_optimizer.apply_gradients(zip(grads, g_vars, strict=True))
         fm_total = cfg.fm_weight * metrics.get("loss/g_fm", 0.0)
         metrics["loss/g"] = fm_total + (0.0 if cfg.fm_only else metrics["loss/g_adv"])
-        return metrics
+        return grads, metrics
 
     def _replica_step(self, batches) -> tf.Tensor:
         step = self.step.read_value()

@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
+
+from conftest import REPO
 
 
 def digits_classifier(cache_dir):

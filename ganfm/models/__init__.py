@@ -61,13 +61,21 @@ def build_generator(config: Config) -> keras.Model:
 
 
 def prepare(config: Config, generator, discriminator, ema_generator):
-    """Checks the three are Keras models and builds Sequential ones given no Input."""
+    """Checks the three are Keras models, builds Sequential ones given no Input, and
+    sets every batch norm's synchronization to --sync_bn."""
     size, channels = config.data.image_size, config.data.channels
-    return (
+    models = (
         _checked(generator, "generator", (config.model.z_dim,)),
         _checked(discriminator, "discriminator", (size, size, channels)),
         _checked(ema_generator, "EMA generator", (config.model.z_dim,)),
     )
+    for model in models:
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                # Read at call time: with it, batch statistics are all-reduced over
+                # the global batch and every replica keeps the same moving averages.
+                layer.synchronized = config.model.sync_bn
+    return models
 
 
 def build_models(config: Config) -> tuple[keras.Model, keras.Model, keras.Model]:

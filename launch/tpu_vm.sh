@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Cloud TPU VM: create it, copy this repository, install TensorFlow for TPUs, train.
+#
+#   TPU_NAME=ganfm ZONE=us-central1-b ACCELERATOR=v3-8 \
+#     bash launch/tpu_vm.sh --model_dir=gs://YOUR_BUCKET/runs/ganfm --batch_size=1024
+#
+# PyPI's tensorflow-tpu stops at 2.20, so the VM gets TensorFlow 2.20 (ganfm supports
+# 2.20 and 2.21). A single-host TPU (v2-8, v3-8, v4-8) runs with --tpu=local. A pod
+# slice runs the program on worker 0 with --tpu=$TPU_NAME. No TPU was available to
+# test this script; the code path it runs (static shapes, XLA) is tested on the CPU.
+# Set SKIP_CREATE=1 to reuse an existing TPU VM.
+set -euo pipefail
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
+accelerator=${ACCELERATOR:-v3-8}
+version=${TPU_SOFTWARE:-tpu-ubuntu2204-base}
+tf_version=${TF_VERSION:-2.20.0}
+cd "$(dirname "$0")/.."
+
+if [ "${SKIP_CREATE:-0}" != 1 ]; then
+  gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
+    --accelerator-type="$accelerator" --version="$version"
+fi
+git archive --format=tar.gz -o /tmp/ganfm.tar.gz HEAD
+gcloud compute tpus tpu-vm scp /tmp/ganfm.tar.gz "$TPU_NAME":~/ --zone="$ZONE" --worker=all
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
+  set -e; mkdir -p ganfm && tar -xzf ganfm.tar.gz -C ganfm && cd ganfm &&
+  pip install 'tensorflow-tpu==$tf_version' \
+    -f https://storage.googleapis.com/libtpu-tf-releases/index.html &&
+  grep -v '^tensorflow>=' requirements.txt | pip install -r /dev/stdin"
+
+cores=${accelerator##*-}
+if [ "$cores" -le 8 ]; then tpu=local; else tpu=$TPU_NAME; fi
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=0 --command="
+  cd ganfm && python3 train.py --strategy=tpu --tpu=$tpu $(printf '%q ' "$@")"

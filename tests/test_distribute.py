@@ -1,0 +1,252 @@
+"""Strategies beyond one process: real worker processes on 127.0.0.1, cluster
+configuration errors, synchronized batch norm and the XLA-compiled step."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from ganfm import data, distribute, models, train_lib
+from ganfm.config import Config, ConfigError, RuntimeConfig
+from ganfm.trainer import Trainer
+
+SMOKE = os.path.join(REPO, "launch", "presets", "smoke.flags")
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def checkpoint_values(path):
+    reader = tf.train.load_checkpoint(path)
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    }
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    flags = [
+        f"--flagfile={SMOKE}",
+        "--train_steps=20",
+        "--steps_per_loop=5",
+        "--summary_every=10",
+        "--checkpoint_every=10",
+    ]
+    procs = []
+    for i in range(2):
+        scratch = tmp_path / f"tmp{i}"
+        scratch.mkdir()
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(scratch)}
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "train.py",
+                    *flags,
+                    "--strategy=multi_worker",
+                    f"--worker_hosts={hosts}",
+                    f"--task_index={i}",
+                    f"--model_dir={tmp_path / f'w{i}'}",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    sums = [
+        line.rsplit("weights checksum", 1)[1]
+        for o in outputs
+        for line in o.splitlines()
+        if "weights checksum" in line
+    ]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    # Only the chief writes: checkpoints, events, samples, config.json.
+    chief = set(os.listdir(tmp_path / "w0"))
+    assert {"checkpoints", "config.json", "samples.png"} <= chief
+    assert any(f.startswith("events.out.tfevents") for f in chief)
+    assert not os.path.exists(tmp_path / "w1")
+    assert os.listdir(tmp_path / "tmp1") == [] and os.listdir(tmp_path / "tmp0") == []
+
+    single = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *flags,
+            "--strategy=mirrored",
+            "--cpu_replicas=2",
+            f"--model_dir={tmp_path / 'single'}",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    a = checkpoint_values(str(tmp_path / "w0" / "checkpoints" / "ckpt-20"))
+    b = checkpoint_values(str(tmp_path / "single" / "checkpoints" / "ckpt-20"))
+    assert set(a) == set(b)
+    assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "tf_config, fragment",
+    [
+        ("{not json", "TF_CONFIG does not parse"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "TF_CONFIG does not parse"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+            "is not in its cluster",
+        ),
+    ],
+)
+def test_bad_tf_config_is_a_clear_error(monkeypatch, tf_config, fragment):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match=fragment):
+        distribute.cluster_resolver(RuntimeConfig(strategy="multi_worker"))
+
+
+def test_multi_worker_without_a_cluster_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    with pytest.raises(ConfigError, match="needs a cluster"):
+        distribute.cluster_resolver(RuntimeConfig(strategy="multi_worker"))
+
+
+def test_worker_hosts_become_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    runtime = RuntimeConfig(
+        strategy="multi_worker", worker_hosts="127.0.0.1:5000,127.0.0.1:5001", task_index=1
+    )
+    resolver = distribute.cluster_resolver(runtime)
+    assert json.loads(os.environ["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
+    assert resolver.cluster_spec().as_dict() == {"worker": ["127.0.0.1:5000", "127.0.0.1:5001"]}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+    monkeypatch.delenv("TF_CONFIG")
+
+
+@pytest.mark.parametrize(
+    "runtime, fragment",
+    [
+        (dict(worker_hosts="a:1"), "only applies to --strategy=multi_worker"),
+        (dict(strategy="multi_worker", worker_hosts="a:1,b"), "is not host:port"),
+        (dict(strategy="multi_worker", worker_hosts="a:1,b:2", task_index=2), "--task_index=2"),
+        (dict(tpu="local"), "only applies to --strategy=tpu"),
+        (dict(collective="mpi"), "--collective='mpi'"),
+    ],
+)
+def test_cluster_flags_are_validated(runtime, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Config().replace(runtime=runtime).validate()
+
+
+def test_chief_is_worker_zero_or_the_chief_task(monkeypatch):
+    class Resolver:
+        def __init__(self, jobs, task_type, task_id):
+            self._jobs, self.task_type, self.task_id = jobs, task_type, task_id
+
+        def cluster_spec(self):
+            return tf.train.ClusterSpec(self._jobs)
+
+    class Strategy:
+        def __init__(self, resolver):
+            self.cluster_resolver = resolver
+
+    workers = {"worker": ["a:1", "b:1"]}
+    assert distribute.is_chief(Strategy(Resolver(workers, "worker", 0)))
+    assert not distribute.is_chief(Strategy(Resolver(workers, "worker", 1)))
+    with_chief = {"chief": ["c:1"], **workers}
+    assert distribute.is_chief(Strategy(Resolver(with_chief, "chief", 0)))
+    assert not distribute.is_chief(Strategy(Resolver(with_chief, "worker", 0)))
+    assert distribute.is_chief(tf.distribute.get_strategy())
+
+
+def bn_discriminator_models(config):
+    g, d, ema = models.build_models(config)
+    x = keras.layers.BatchNormalization(name="d_bn")(d.get_layer("block0_act").output)
+    x = keras.layers.Flatten(name="flat")(x)
+    return g, keras.Model(d.inputs, keras.layers.Dense(1, name="out")(x)), ema
+
+
+@pytest.mark.parametrize("sync_bn", [True, False])
+def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_bn):
+    loop = dict(train_steps=3, steps_per_loop=3, summary_every=3, checkpoint_every=3)
+    common = dict(loop=loop, model=dict(sync_bn=sync_bn), loss=dict(fm_layers=("flat",)))
+    one, two = tiny(**common), tiny(**common, runtime=dict(strategy="mirrored", cpu_replicas=2))
+    resolved = train_lib.resolve(one, data.load_source(one.data))
+    g, d, _ = models.prepare(resolved, *bn_discriminator_models(resolved))
+    assert d.get_layer("d_bn").synchronized is sync_bn
+    assert g.get_layer("up1_bn").synchronized is sync_bn
+    for config in (one, two):
+        train_lib.run(config, build_models=bn_discriminator_models)
+    a = checkpoint_values(
+        tf.train.latest_checkpoint(os.path.join(one.loop.model_dir, "checkpoints"))
+    )
+    b = checkpoint_values(
+        tf.train.latest_checkpoint(os.path.join(two.loop.model_dir, "checkpoints"))
+    )
+    difference = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    if sync_bn:
+        assert difference <= 1e-5
+    else:
+        assert difference > 1e-4  # Per-replica batch statistics: another training run.
+
+
+def test_loss_and_gradients_compile_under_xla(tiny):
+    """The TPU-readiness check available without a TPU: both loss-and-gradient
+    functions compile to HLO (static shapes, XLA-supported ops), and a jit-compiled
+    run takes the same steps as an uncompiled one."""
+    config = tiny(
+        loss=dict(fm_layers=("block0_act", "features"), r1_weight=1.0, gp_weight=1.0),
+        runtime=dict(jit_compile=True),
+    )
+    config = train_lib.resolve(config, data.load_source(config.data))
+    strategy = train_lib.setup_runtime(config)
+    with strategy.scope():
+        trainer = Trainer(config, *models.build_models(config), strategy=strategy)
+    real = tf.random.uniform([16, 8, 8, 1], -1.0, 1.0)
+    z = tf.random.normal([16, config.model.z_dim])
+    alpha = tf.random.uniform([16, 1, 1, 1])
+    d_hlo = trainer._d_loss_and_grads.experimental_get_compiler_ir(real, z, alpha)(stage="hlo")
+    targets = {
+        n: tf.zeros([int(np.prod(trainer.tap.output[n].shape[1:]))]) for n in trainer.fm_layers
+    }
+    g_hlo = trainer._g_loss_and_grads.experimental_get_compiler_ir(targets, z)(stage="hlo")
+    assert "HloModule" in d_hlo and "HloModule" in g_hlo
+
+    compiled, plain = tiny(runtime=dict(jit_compile=True)), tiny()
+    train_lib.run(compiled)
+    train_lib.run(plain)
+    a = checkpoint_values(
+        tf.train.latest_checkpoint(os.path.join(compiled.loop.model_dir, "checkpoints"))
+    )
+    b = checkpoint_values(
+        tf.train.latest_checkpoint(os.path.join(plain.loop.model_dir, "checkpoints"))
+    )
+    assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-4
+
+
+def test_jit_compile_with_several_replicas_is_refused(tiny):
+    with pytest.raises(ConfigError, match="--jit_compile works with one replica"):
+        train_lib.run(tiny(runtime=dict(jit_compile=True, strategy="mirrored", cpu_replicas=2)))
