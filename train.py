@@ -138,6 +138,13 @@ flags.DEFINE_enum(
 flags.DEFINE_string(
     "tpu", D.runtime.tpu, "tpu: the TPU's name, a grpc:// address, or 'local' on a TPU VM."
 )
+flags.DEFINE_enum(
+    "precision",
+    D.runtime.precision,
+    cfg.PRECISIONS,
+    "fp32, or mixed_bfloat16 (bfloat16 compute, float32 weights, logits and losses; "
+    "for TPUs and recent GPUs, no loss scaling needed).",
+)
 flags.DEFINE_boolean(
     "jit_compile",
     D.runtime.jit_compile,
@@ -207,6 +214,7 @@ def config_from_flags() -> cfg.Config:
             collective=f.collective,
             tpu=f.tpu,
             jit_compile=f.jit_compile,
+            precision=f.precision,
         ),
     )
 

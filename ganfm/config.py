@@ -20,6 +20,7 @@ FM_TARGETS = ("batch", "ema")
 FM_STATS = ("global", "local")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 COLLECTIVES = ("auto", "ring", "nccl")
+PRECISIONS = ("fp32", "mixed_bfloat16")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "synthetic")
 DATASET_PREFIXES = ("tfds:", "folder:")
 # DCGAN stacks double the resolution per block from a 4x4 (or 7x7) start.
@@ -90,6 +91,7 @@ class RuntimeConfig:
     collective: str = "auto"  # multi_worker all-reduce implementation.
     tpu: str = ""  # tpu: a TPU name, grpc://address, or "local" on a TPU VM.
     jit_compile: bool = False  # XLA for the loss-and-gradient computation.
+    precision: str = "fp32"  # mixed_bfloat16: bfloat16 compute, float32 weights (TPU, GPU).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +300,10 @@ def _validate(config: Config) -> None:
         )
     if rt.tpu:
         _require(rt.strategy == "tpu", "--tpu only applies to --strategy=tpu")
+    _require(
+        rt.precision in PRECISIONS,
+        f"--precision={rt.precision!r} is unknown; use one of {', '.join(PRECISIONS)}",
+    )
 
 
 def _ema_layers(config: Config) -> tuple[str, ...]:

@@ -95,6 +95,11 @@ def setup_runtime(config: Config) -> tf.distribute.Strategy:
     if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.runtime.seed)
+    # Set every time: Keras keeps the policy process-wide. Logits, losses and
+    # statistics stay float32 (the models' output layers are float32; losses cast).
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if config.runtime.precision == "mixed_bfloat16" else "float32"
+    )
     return strategy
 
 

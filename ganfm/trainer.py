@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from ganfm import losses
 from ganfm.config import Config, ConfigError
+from ganfm.models.layers import same_noise_layers
 from ganfm.models.tap import LOGITS, build_feature_tap, resolve_layers
 
 # Salts keep the stateless random streams of different purposes apart.
@@ -129,6 +130,15 @@ class Trainer:
                 )
         if [w.shape for w in e.weights] != [w.shape for w in g.weights]:
             raise ConfigError("ema_generator's weights differ in shape from the generator's")
+        if self.strategy.num_replicas_in_sync > 1:
+            for name, model in (("generator", g), ("discriminator", d)):
+                repeated = same_noise_layers(model)
+                if repeated:
+                    raise ConfigError(
+                        f"the {name}'s layers {', '.join(repeated)} draw the same random "
+                        "numbers on every replica (keras-team/keras#20611); use "
+                        "ganfm.models.layers.ReplicaDropout, or train on one replica"
+                    )
         g_ids = {id(v.value) for v in g.weights}
         if any(id(v.value) in g_ids for v in d.weights):
             raise ConfigError("generator and discriminator share variables; give each its own")

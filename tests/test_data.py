@@ -114,8 +114,11 @@ def test_folder_of_png_and_jpeg_files(tmp_path):
     source = data.load_source(DataConfig(f"folder:{tmp_path}", image_size=16))
     assert source.num_examples == 3 and (source.image_size, source.channels) == (16, 3)
     assert list(source.files) == sorted(source.files)
-    (batch,) = take(data.make_input_fn(source, 4, 1, seed=0, start_step=0), 1)
+    fn = data.make_input_fn(source, 4, 1, seed=0, start_step=0)
+    (batch,) = take(fn, 1)
     assert batch.shape == (1, 4, 16, 16, 3)
+    ctx = tf.distribute.InputContext(1, 0, 1)
+    assert fn(ctx).element_spec.shape.as_list() == [1, 4, 16, 16, 3]  # Static, for TPUs.
     assert batch.min() >= -1.0 and batch.max() <= 1.0
     gray = data.load_source(DataConfig(f"folder:{tmp_path}", image_size=8, channels=1))
     (batch,) = take(data.make_input_fn(gray, 2, 1, seed=0, start_step=0), 1)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import REPO
 from ganfm import data, distribute, models, train_lib
-from ganfm.config import Config, ConfigError, RuntimeConfig
+from ganfm.config import Config, ConfigError, DataConfig, RuntimeConfig
 from ganfm.trainer import Trainer
 
 SMOKE = os.path.join(REPO, "launch", "presets", "smoke.flags")
@@ -250,3 +250,75 @@ def test_loss_and_gradients_compile_under_xla(tiny):
 def test_jit_compile_with_several_replicas_is_refused(tiny):
     with pytest.raises(ConfigError, match="--jit_compile works with one replica"):
         train_lib.run(tiny(runtime=dict(jit_compile=True, strategy="mirrored", cpu_replicas=2)))
+
+
+def test_mixed_bfloat16_trains_close_to_fp32(tiny):
+    from ganfm.sample import generate
+
+    runs = [tiny(runtime=dict(precision=p)) for p in ("mixed_bfloat16", "fp32")]
+    for config in runs:
+        metrics = train_lib.run(config)
+        assert all(np.isfinite(v) for v in metrics.values())
+    assert keras.mixed_precision.global_policy().name == "float32"
+    low, full = (generate(c.loop.model_dir, 16, seed=0).astype(float) for c in runs)
+    assert np.abs(low - full).mean() < 0.05 * 255
+
+
+def test_every_input_batch_has_a_static_shape():
+    """TPUs need static shapes: no partial batches, from memory or from files."""
+    source = data.load_source(DataConfig("digits"))
+    ctx = tf.distribute.InputContext(1, 0, 2)
+    spec = data.make_input_fn(source, 16, 2, 0, 0)(ctx).element_spec
+    assert spec.shape.as_list() == [2, 8, 8, 8, 1]
+
+
+def test_replica_dropout_differs_across_replicas_and_repeats():
+    from ganfm.models.layers import ReplicaDropout
+
+    strategy = distribute.make_strategy(RuntimeConfig(strategy="mirrored", cpu_replicas=2))
+
+    def masks():
+        with strategy.scope():
+            layer = ReplicaDropout(0.5, seed=7)
+            layer.build((4, 32))
+
+        @tf.function
+        def step():
+            return strategy.run(lambda: layer(tf.ones([4, 32]), training=True))
+
+        first = [t.numpy() for t in strategy.experimental_local_results(step())]
+        second = [t.numpy() for t in strategy.experimental_local_results(step())]
+        return first, second
+
+    (a0, a1), (b0, _) = masks()
+    assert set(np.unique(a0)) <= {0.0, 2.0}
+    assert not np.array_equal(a0, a1)  # Replicas differ.
+    assert not np.array_equal(a0, b0)  # Calls differ.
+    (c0, c1), _ = masks()
+    np.testing.assert_array_equal(a0, c0)  # Runs repeat.
+    np.testing.assert_array_equal(a1, c1)
+
+
+def test_keras_dropout_on_several_replicas_is_refused(tiny):
+    def with_dropout(config):
+        g, d, ema = models.build_models(config)
+        x = keras.layers.Dropout(0.3, name="drop")(d.get_layer("features").output)
+        return g, keras.Model(d.inputs, keras.layers.Dense(1, name="out")(x)), ema
+
+    config = tiny(runtime=dict(strategy="mirrored", cpu_replicas=2))
+    with pytest.raises(ConfigError, match="layers drop draw the same random numbers"):
+        train_lib.run(config, build_models=with_dropout)
+    train_lib.run(tiny(), build_models=with_dropout)  # One replica: fine.
+
+
+def test_replica_dropout_trains_on_several_replicas(tiny):
+    from ganfm.models.layers import ReplicaDropout
+
+    def with_replica_dropout(config):
+        g, d, ema = models.build_models(config)
+        x = ReplicaDropout(0.3, seed=1, name="drop")(d.get_layer("features").output)
+        return g, keras.Model(d.inputs, keras.layers.Dense(1, name="out")(x)), ema
+
+    config = tiny(runtime=dict(strategy="mirrored", cpu_replicas=2))
+    metrics = train_lib.run(config, build_models=with_replica_dropout)
+    assert all(np.isfinite(v) for v in metrics.values())
