@@ -4,9 +4,12 @@ tests can run several replicas on a CPU-only machine, and gives tiny run configs
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -19,6 +22,41 @@ tf.config.set_logical_device_configuration(
 from ganfm.config import Config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_FLAGS = os.path.join(REPO, "launch", "presets", "smoke.flags")
+
+
+def run_python(*args, timeout=600, **env):
+    """Runs `python *args` in the repository, as a user would; returns the result."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def checkpoint_values(model_dir_or_path) -> dict:
+    """Every saved tensor of a checkpoint (a path, or a run's newest one) by its key."""
+    path = str(model_dir_or_path)
+    if os.path.isdir(path):
+        path = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if not k.startswith(skip)
+    }
+
+
+def max_difference(a: dict, b: dict, prefix: str = "") -> float:
+    """Largest absolute difference over the keys starting with prefix (same key sets)."""
+    assert set(a) == set(b)
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
 
 
 def tiny_config(model_dir, **sections) -> Config:

@@ -1,21 +1,13 @@
 """The command-line tools as a user runs them: real processes, real files."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SMOKE_FLAGS, run_python
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def run(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
+run = run_python
 
 
 def assert_one_line_error(result, model_dir, fragment):
@@ -113,7 +105,7 @@ def event_tags(model_dir):
 @pytest.mark.slow
 def test_train_resume_and_sample_from_the_command_line(tmp_path):
     model_dir = tmp_path / "run"
-    preset = os.path.join(REPO, "launch", "presets", "smoke.flags")
+    preset = SMOKE_FLAGS
     first = run("train.py", f"--flagfile={preset}", f"--model_dir={model_dir}")
     assert first.returncode == 0, first.stderr
     assert "step 4/4" in first.stdout and "img/s" in first.stdout and "eta" in first.stdout
@@ -153,7 +145,7 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path):
 @pytest.mark.slow
 def test_cpu_replicas_with_resized_images(tmp_path):
     """Splitting the CPU happens before the data set is resized with TensorFlow ops."""
-    preset = os.path.join(REPO, "launch", "presets", "smoke.flags")
+    preset = SMOKE_FLAGS
     result = run(
         "train.py",
         f"--flagfile={preset}",

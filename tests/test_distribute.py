@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, SMOKE_FLAGS, checkpoint_values, max_difference, run_python
 from ganfm import data, distribute, models, train_lib
 from ganfm.config import Config, ConfigError, DataConfig, RuntimeConfig
 from ganfm.trainer import Trainer
-
-SMOKE = os.path.join(REPO, "launch", "presets", "smoke.flags")
 
 
 def free_ports(n):
@@ -30,20 +28,11 @@ def free_ports(n):
     return ports
 
 
-def checkpoint_values(path):
-    reader = tf.train.load_checkpoint(path)
-    return {
-        k: reader.get_tensor(k)
-        for k in reader.get_variable_to_shape_map()
-        if k not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
-    }
-
-
 @pytest.mark.slow
 def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
     hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
     flags = [
-        f"--flagfile={SMOKE}",
+        f"--flagfile={SMOKE_FLAGS}",
         "--train_steps=20",
         "--steps_per_loop=5",
         "--summary_every=10",
@@ -88,26 +77,17 @@ def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
     assert not os.path.exists(tmp_path / "w1")
     assert os.listdir(tmp_path / "tmp1") == [] and os.listdir(tmp_path / "tmp0") == []
 
-    single = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *flags,
-            "--strategy=mirrored",
-            "--cpu_replicas=2",
-            f"--model_dir={tmp_path / 'single'}",
-        ],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    single = run_python(
+        "train.py",
+        *flags,
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        f"--model_dir={tmp_path / 'single'}",
     )
     assert single.returncode == 0, single.stderr[-2000:]
     a = checkpoint_values(str(tmp_path / "w0" / "checkpoints" / "ckpt-20"))
     b = checkpoint_values(str(tmp_path / "single" / "checkpoints" / "ckpt-20"))
-    assert set(a) == set(b)
-    assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-5
+    assert max_difference(a, b) <= 1e-5
 
 
 @pytest.mark.parametrize(
@@ -189,7 +169,7 @@ def bn_discriminator_models(config):
     return g, keras.Model(d.inputs, keras.layers.Dense(1, name="out")(x)), ema
 
 
-@pytest.mark.parametrize("sync_bn", [True, False])
+@pytest.mark.parametrize("sync_bn", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_bn):
     loop = dict(train_steps=3, steps_per_loop=3, summary_every=3, checkpoint_every=3)
     common = dict(loop=loop, model=dict(sync_bn=sync_bn), loss=dict(fm_layers=("flat",)))
@@ -200,13 +180,9 @@ def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_
     assert g.get_layer("up1_bn").synchronized is sync_bn
     for config in (one, two):
         train_lib.run(config, build_models=bn_discriminator_models)
-    a = checkpoint_values(
-        tf.train.latest_checkpoint(os.path.join(one.loop.model_dir, "checkpoints"))
-    )
-    b = checkpoint_values(
-        tf.train.latest_checkpoint(os.path.join(two.loop.model_dir, "checkpoints"))
-    )
-    difference = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    a = checkpoint_values(one.loop.model_dir)
+    b = checkpoint_values(two.loop.model_dir)
+    difference = max_difference(a, b)
     if sync_bn:
         assert difference <= 1e-5
     else:
@@ -238,13 +214,9 @@ def test_loss_and_gradients_compile_under_xla(tiny):
     compiled, plain = tiny(runtime=dict(jit_compile=True)), tiny()
     train_lib.run(compiled)
     train_lib.run(plain)
-    a = checkpoint_values(
-        tf.train.latest_checkpoint(os.path.join(compiled.loop.model_dir, "checkpoints"))
-    )
-    b = checkpoint_values(
-        tf.train.latest_checkpoint(os.path.join(plain.loop.model_dir, "checkpoints"))
-    )
-    assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) <= 1e-4
+    a = checkpoint_values(compiled.loop.model_dir)
+    b = checkpoint_values(plain.loop.model_dir)
+    assert max_difference(a, b) <= 1e-4
 
 
 def test_jit_compile_with_several_replicas_is_refused(tiny):

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SMOKE_FLAGS, run_python
 
 LAUNCH = os.path.join(REPO, "launch")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-SMOKE = os.path.join(LAUNCH, "presets", "smoke.flags")
 
 
 def train_flags():
@@ -60,21 +59,8 @@ def test_kubernetes_tfjob_runs_train_py_with_real_flags(defined_flags):
 
 
 def sample(model_dir, out):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ganfm.sample",
-            f"--model_dir={model_dir}",
-            "--num=16",
-            f"--output={out}",
-            "--seed=5",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_python(
+        "-m", "ganfm.sample", f"--model_dir={model_dir}", "--num=16", f"--output={out}", "--seed=5"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return np.load(out)
@@ -85,7 +71,7 @@ def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
     """The issue's 'done when', at smoke size: two workers on 127.0.0.1 and two
     logical CPU replicas in one process give the same samples from the same seed."""
     flags = [
-        f"--flagfile={SMOKE}",
+        f"--flagfile={SMOKE_FLAGS}",
         "--train_steps=12",
         "--steps_per_loop=4",
         "--summary_every=4",
@@ -108,20 +94,12 @@ def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
     assert workers.returncode == 0, workers.stdout[-3000:]
     assert "[worker 0] Done: step 12" in workers.stdout
     assert "[worker 1] Done: step 12" in workers.stdout
-    mirrored = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *flags,
-            "--strategy=mirrored",
-            "--cpu_replicas=2",
-            f"--model_dir={tmp_path / 'mr'}",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    mirrored = run_python(
+        "train.py",
+        *flags,
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        f"--model_dir={tmp_path / 'mr'}",
     )
     assert mirrored.returncode == 0, mirrored.stderr[-3000:]
     a = sample(tmp_path / "mw", tmp_path / "a.npy")

@@ -7,27 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import checkpoint_values, max_difference
 from ganfm import data, models, train_lib
 from ganfm.errors import ConfigError, TrainingDiverged
 from ganfm.trainer import _NOISE_SALT, Trainer
-
-
-def checkpoint_values(model_dir):
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    reader = tf.train.load_checkpoint(path)
-    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
-    return {
-        k: reader.get_tensor(k)
-        for k in reader.get_variable_to_shape_map()
-        if not k.startswith(skip)
-    }
-
-
-def max_difference(a, b, prefix=""):
-    assert set(a) == set(b)
-    keys = [k for k in a if k.startswith(prefix)]
-    assert keys, prefix
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
 
 
 def build_trainer(config):
@@ -68,11 +51,20 @@ def test_run_is_a_no_op_at_train_steps(tiny, capsys):
 @pytest.mark.parametrize(
     "replicas, loss",
     [
-        (2, dict(fm_layers=("block0_act", "features"), r1_weight=0.5)),
-        (4, dict(fm_layers=("block0_act", "features"), r1_weight=0.5)),
-        (2, dict(fm_target="ema", fm_weight=10.0, adv_loss="wasserstein", gp_weight=1.0)),
+        pytest.param(2, dict(fm_layers=("block0_act", "features"), r1_weight=0.5), id="2_r1"),
+        pytest.param(
+            4,
+            dict(fm_layers=("block0_act", "features"), r1_weight=0.5),
+            id="4_r1",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            2,
+            dict(fm_target="ema", fm_weight=10.0, adv_loss="wasserstein", gp_weight=1.0),
+            id="2_ema_gp",
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["2_r1", "4_r1", "2_ema_gp"],
 )
 def test_replica_count_does_not_change_what_is_learned(tiny, replicas, loss):
     """Fails if the feature-matching term lost its 1/N (measured: 0.038 apart)."""
@@ -88,6 +80,7 @@ def test_replica_count_does_not_change_what_is_learned(tiny, replicas, loss):
     assert max_difference(a, b) <= 1e-5
 
 
+@pytest.mark.slow
 def test_local_feature_statistics_depend_on_the_replica_count(tiny):
     """--fm_stats=local equals global on one replica, and differs on two."""
     loop = dict(train_steps=5, steps_per_loop=5, summary_every=5, checkpoint_every=5)
@@ -104,6 +97,7 @@ def test_local_feature_statistics_depend_on_the_replica_count(tiny):
     assert max_difference(one, two, "g_optimizer/_trainable_variables") > 1e-4
 
 
+@pytest.mark.slow
 def test_resume_with_another_replica_count_continues_the_same_run(tiny):
     loop = dict(steps_per_loop=1, summary_every=1, checkpoint_every=1)
     whole = tiny(loop=dict(loop, train_steps=4))
