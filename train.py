@@ -112,6 +112,12 @@ flags.DEFINE_integer(
     "checkpoint_every", D.loop.checkpoint_every, "Checkpoint interval (multiple of steps_per_loop)."
 )
 flags.DEFINE_integer("keep_checkpoints", D.loop.keep_checkpoints, "Checkpoints to keep.")
+flags.DEFINE_list(
+    "stats_layers",
+    [],
+    "Discriminator layers whose activation statistics TensorBoard shows (names, indices "
+    "or 'all'); empty: the --fm_layers.",
+)
 # Runtime.
 flags.DEFINE_enum(
     "strategy",
@@ -203,6 +209,7 @@ def config_from_flags() -> cfg.Config:
             f.summary_every,
             f.checkpoint_every,
             f.keep_checkpoints,
+            tuple(x.strip() for x in f.stats_layers if x.strip()),
         ),
         runtime=cfg.RuntimeConfig(
             strategy=f.strategy,

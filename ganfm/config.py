@@ -78,6 +78,7 @@ class LoopConfig:
     summary_every: int = 500
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    stats_layers: tuple[str, ...] = ()  # Layers with TensorBoard statistics; empty: fm_layers.
 
 
 @dataclasses.dataclass(frozen=True)

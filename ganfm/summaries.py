@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 
 class Summaries:
@@ -29,6 +30,27 @@ class Summaries:
             return
         with self._writer.as_default(step=step):
             tf.summary.image(name, np.asarray(image)[None], max_outputs=1)
+
+    def histogram(self, step: int, name: str, buckets: np.ndarray) -> None:
+        """Precomputed [bins, 3] (left, right, count) buckets, e.g. all-reduced ones."""
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            tf.summary.write(
+                name,
+                tf.constant(buckets, tf.float64),
+                metadata=histogram_metadata.create_summary_metadata(
+                    display_name=name, description=""
+                ),
+            )
+
+    def values(self, step: int, values: dict[str, np.ndarray]) -> None:
+        """Scalars (0-d) and histograms ([bins, 3]) by their shape."""
+        for name, value in values.items():
+            if np.ndim(value) == 0:
+                self.scalars(step, {name: float(value)})
+            else:
+                self.histogram(step, name, value)
 
     def flush(self) -> None:
         if self._writer is not None:

@@ -19,6 +19,7 @@ from ganfm import checkpointing, data, distribute, images, models
 from ganfm.config import CONFIG_FILE, Config, architecture_differences
 from ganfm.errors import ConfigError, TrainingDiverged
 from ganfm.progress import Progress
+from ganfm.statistics_step import StatisticsStep, constants
 from ganfm.summaries import Summaries
 from ganfm.trainer import Trainer, sample_noise
 
@@ -193,6 +194,10 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     )
     iterator = iter(strategy.distribute_datasets_from_function(input_fn))
     summaries = Summaries(loop.model_dir, enabled=chief)
+    statistics = StatisticsStep(trainer, loop.stats_layers)
+    # A fixed real batch (its own stream) for the statistics: curves compare like with like.
+    stats_input = data.make_input_fn(source, loop.batch_size, 1, config.runtime.seed + 1, 0)
+    stats_batch = next(iter(strategy.distribute_datasets_from_function(stats_input)))
     if step == 0 and chief:
         summaries.image(0, "samples/real", _real_grid(source))
     images_per_step = loop.batch_size * config.optimizer.d_steps
@@ -220,7 +225,18 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
         if summary_due:
             seconds = time.perf_counter() - window.started
             speed = window.steps * images_per_step / max(seconds, 1e-9)
-            summaries.scalars(step, {**window.means(), "perf/images_per_second": speed})
+            seconds_per_step = seconds / max(window.steps, 1)
+            summaries.scalars(
+                step,
+                {
+                    **window.means(),
+                    **constants(trainer),
+                    "perf/images_per_second": speed,
+                    "perf/steps_per_second": 1.0 / max(seconds_per_step, 1e-9),
+                    "perf/seconds_per_step": seconds_per_step,
+                },
+            )
+            summaries.values(step, statistics.run(stats_batch))  # Every worker takes part.
             if chief:
                 grid = _sample_grid(trainer, noise)
                 summaries.image(step, "samples/ema", grid)
