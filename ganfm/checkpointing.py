@@ -37,6 +37,7 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(**items)
         self.directory = checkpoint_dir(model_dir)
         self.chief = chief
+        self.last_saved: str | None = None  # The newest checkpoint this run restored or wrote.
         self._step = step
         self._keep = keep
         if chief:
@@ -59,11 +60,13 @@ class Checkpointer:
                     f"checkpoint {path} does not fit these models ({_first_line(e)}); "
                     "use a new --model_dir or the settings the run was started with"
                 ) from None
+        self.last_saved = path
         return path
 
     def save(self, step: int) -> str | None:
         if self.chief:
-            return self._manager.save(checkpoint_number=step)
+            self.last_saved = self._manager.save(checkpoint_number=step)
+            return self.last_saved
         scratch = tempfile.mkdtemp(prefix="ganfm-worker-checkpoint-")
         try:
             manager = tf.train.CheckpointManager(

@@ -82,7 +82,10 @@ def cluster_resolver(runtime: RuntimeConfig):
         _check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if "SLURM_PROCID" in os.environ and "SLURM_STEP_NODELIST" in os.environ:
-        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+        # Where Slurm already chose the GPUs, renumbering them would pick other ones.
+        return tf.distribute.cluster_resolver.SlurmClusterResolver(
+            auto_set_gpu="CUDA_VISIBLE_DEVICES" not in os.environ
+        )
     raise ConfigError(
         "--strategy=multi_worker needs a cluster: set TF_CONFIG, pass --worker_hosts and "
         "--task_index, or start the job with srun under Slurm"
@@ -92,7 +95,7 @@ def cluster_resolver(runtime: RuntimeConfig):
 def _check_tf_config(text: str) -> None:
     try:
         spec = json.loads(text)
-        workers = spec["cluster"]["worker"] + spec["cluster"].get("chief", [])
+        workers = spec["cluster"].get("worker", []) + spec["cluster"].get("chief", [])
         task = spec["task"]
         index, kind = int(task["index"]), task["type"]
     except (ValueError, KeyError, TypeError) as e:
@@ -127,6 +130,15 @@ def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
 def task_id(strategy: tf.distribute.Strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     return int(getattr(resolver, "task_id", 0) or 0)
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes in the job (1 unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(resolver, tf.distribute.cluster_resolver.TPUClusterResolver):
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return max(1, len(jobs.get("worker", [])) + len(jobs.get("chief", [])))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

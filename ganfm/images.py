@@ -1,4 +1,5 @@
-"""Image grids and PNG files, written atomically so a reader never sees half a file."""
+"""Image grids and PNG files, written atomically (where the file system renames
+atomically) so a reader never sees half a file."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def upscale(image: np.ndarray, min_side: int = 256) -> np.ndarray:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes then renames; tf.io.gfile, so gs:// and other TensorFlow file systems work."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def write_png(path: str, image: np.ndarray) -> None:

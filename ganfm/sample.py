@@ -56,7 +56,11 @@ def write(samples: np.ndarray, output: str) -> None:
     from ganfm import images
 
     if output.endswith(".npy"):
-        np.save(output, samples)
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, samples)
+        images.atomic_write_bytes(output, buffer.getvalue())
     else:
         images.write_png(output, images.upscale(images.make_grid(samples)))
 
@@ -72,9 +76,10 @@ def main(argv: list[str]) -> None:
         if not FLAGS.output.endswith(OUTPUT_KINDS):
             raise ConfigError(f"--output={FLAGS.output!r} must end with .png or .npy")
         parent = os.path.dirname(os.path.abspath(FLAGS.output))
-        if not os.path.isdir(parent):
+        if "://" not in FLAGS.output and not os.path.isdir(parent):
             raise ConfigError(f"--output={FLAGS.output!r}: folder {parent} does not exist")
-        if not os.path.isfile(os.path.join(FLAGS.model_dir, CONFIG_FILE)):
+        local = "://" not in FLAGS.model_dir  # gs:// and the like: checked once loaded.
+        if local and not os.path.isfile(os.path.join(FLAGS.model_dir, CONFIG_FILE)):
             raise ConfigError(
                 f"--model_dir={FLAGS.model_dir!r} has no {CONFIG_FILE}; train there first"
             )

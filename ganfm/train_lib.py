@@ -14,6 +14,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.io import gfile
 
 from ganfm import checkpointing, data, distribute, images, models
 from ganfm.config import CONFIG_FILE, Config, architecture_differences
@@ -38,8 +39,8 @@ def resolve(config: Config, source: data.ImageSource) -> Config:
 def check_model_dir(config: Config) -> None:
     """Refuses a --model_dir whose saved run has a different architecture or shape."""
     path = os.path.join(config.loop.model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        if os.path.exists(config.loop.model_dir) and not os.path.isdir(config.loop.model_dir):
+    if not gfile.exists(path):
+        if gfile.exists(config.loop.model_dir) and not gfile.isdir(config.loop.model_dir):
             raise ConfigError(f"--model_dir={config.loop.model_dir!r} is a file, not a directory")
         return
     saved = _read_config(path)
@@ -53,16 +54,16 @@ def check_model_dir(config: Config) -> None:
 
 def load_config(model_dir: str) -> Config:
     path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
+    if not gfile.exists(path):
         raise ConfigError(f"--model_dir={model_dir!r} has no {CONFIG_FILE}; train there first")
     return _read_config(path)
 
 
 def _read_config(path: str) -> Config:
     try:
-        with open(path) as f:
+        with gfile.GFile(path) as f:
             return Config.from_json(f.read())
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, tf.errors.OpError) as e:
         raise ConfigError(
             f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "restore it from a backup or use a new --model_dir"
@@ -70,7 +71,7 @@ def _read_config(path: str) -> Config:
 
 
 def _write_config(config: Config) -> None:
-    os.makedirs(config.loop.model_dir, exist_ok=True)
+    gfile.makedirs(config.loop.model_dir)
     path = os.path.join(config.loop.model_dir, CONFIG_FILE)
     images.atomic_write_bytes(path, config.to_json().encode())
 
@@ -119,8 +120,31 @@ def _build(config: Config, strategy, build_models: ModelBuilder | None):
             trainer.step,
             chief=distribute.is_chief(strategy),
         )
+        # Restoring is collective on multi-worker jobs: agree on what to restore first.
+        _check_same_checkpoint(strategy, checkpoints.latest)
         restored = checkpoints.restore()
     return trainer, checkpoints, restored
+
+
+def _check_same_checkpoint(strategy, path: str | None) -> None:
+    """Every worker must restore the same checkpoint (a --model_dir that is not really
+    shared would otherwise train different weights, or hang). All workers take part
+    and all reach the same verdict, so a mismatch stops every one of them."""
+    if distribute.num_workers(strategy) <= 1:
+        return
+    number = float(path.rsplit("-", 1)[1]) if path else -1.0
+
+    @tf.function
+    def moments():
+        values = strategy.run(lambda: tf.constant([number, number * number], tf.float64))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)
+
+    mean, mean_square = moments().numpy()
+    if mean_square - mean * mean > 0.25:
+        raise ConfigError(
+            f"the workers found different checkpoints (this one: {path}); every worker must "
+            "see the same --model_dir (a shared file system such as NFS or GCS)"
+        )
 
 
 def _real_grid(source: data.ImageSource) -> np.ndarray:
@@ -217,7 +241,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
         count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
         metrics = trainer.train(iterator, count)
         first, step = step + 1, step + count
-        _check_finite(metrics, first, step, checkpoints.latest)
+        _check_finite(metrics, first, step, checkpoints.last_saved)
         progress.update(step)
         window.add(metrics, count)
         last = step == loop.train_steps

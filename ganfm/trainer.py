@@ -105,7 +105,7 @@ class Trainer:
             # compiles the whole step itself.)
             if self.strategy.num_replicas_in_sync > 1:
                 raise ConfigError(
-                    "--jit_compile works with one replica per process: under "
+                    "--jit_compile works with one replica in total: under "
                     f"{type(self.strategy).__name__} the all-reduces of synchronized batch "
                     "norm and global feature statistics cannot sit in a compiled function; "
                     "drop --jit_compile or train on one device"
@@ -227,7 +227,8 @@ class Trainer:
         cfg = self.config.loss
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)
+            # A user generator may compute in bfloat16: images meet real ones in float32.
+            fake = tf.cast(self.generator(z, training=True), real.dtype)
             with tf.GradientTape(watch_accessed_variables=False) as r1_tape:
                 r1_tape.watch(real)
                 real_logits = self.tap(real, training=True)[LOGITS]

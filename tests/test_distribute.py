@@ -115,7 +115,7 @@ def test_multi_worker_without_a_cluster_is_a_clear_error(monkeypatch):
 
 
 def test_worker_hosts_become_tf_config(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("TF_CONFIG", "")  # Restored (removed) after the test.
     runtime = RuntimeConfig(
         strategy="multi_worker", worker_hosts="127.0.0.1:5000,127.0.0.1:5001", task_index=1
     )
@@ -123,7 +123,6 @@ def test_worker_hosts_become_tf_config(monkeypatch):
     assert json.loads(os.environ["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
     assert resolver.cluster_spec().as_dict() == {"worker": ["127.0.0.1:5000", "127.0.0.1:5001"]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 1)
-    monkeypatch.delenv("TF_CONFIG")
 
 
 @pytest.mark.parametrize(
@@ -228,11 +227,28 @@ def test_mixed_bfloat16_trains_close_to_fp32(tiny):
     from ganfm.sample import generate
 
     runs = [tiny(runtime=dict(precision=p)) for p in ("mixed_bfloat16", "fp32")]
+    policies = []
+
+    def recording(config):
+        built = models.build_models(config)
+        policies.append(built[1].get_layer("block0_conv").compute_dtype)
+        return built
+
     for config in runs:
-        metrics = train_lib.run(config)
+        metrics = train_lib.run(config, build_models=recording)
         assert all(np.isfinite(v) for v in metrics.values())
+    assert policies == ["bfloat16", "float32"]
     assert keras.mixed_precision.global_policy().name == "float32"
-    low, full = (generate(c.loop.model_dir, 16, seed=0).astype(float) for c in runs)
+    assert (
+        max_difference(
+            checkpoint_values(runs[0].loop.model_dir), checkpoint_values(runs[1].loop.model_dir)
+        )
+        > 0
+    )
+    generator = models.build_generator(train_lib.resolve(runs[1], data.load_source(runs[1].data)))
+    low, full = (
+        generate(c.loop.model_dir, 16, seed=0, generator=generator).astype(float) for c in runs
+    )
     assert np.abs(low - full).mean() < 0.05 * 255
 
 
@@ -251,7 +267,7 @@ def test_replica_dropout_differs_across_replicas_and_repeats():
 
     def masks():
         with strategy.scope():
-            layer = ReplicaDropout(0.5, seed=7)
+            layer = ReplicaDropout(0.5, seed=7, name="drop")
             layer.build((4, 32))
 
         @tf.function
@@ -269,6 +285,62 @@ def test_replica_dropout_differs_across_replicas_and_repeats():
     (c0, c1), _ = masks()
     np.testing.assert_array_equal(a0, c0)  # Runs repeat.
     np.testing.assert_array_equal(a1, c1)
+
+
+def test_two_replica_dropout_layers_draw_different_masks():
+    from ganfm.models.layers import ReplicaDropout
+
+    first, second = ReplicaDropout(0.5, name="drop_a"), ReplicaDropout(0.5, name="drop_b")
+    x = tf.ones([4, 64])
+    assert not np.array_equal(first(x, training=True), second(x, training=True))
+
+
+def test_a_non_local_file_system_holds_the_whole_run():
+    """gs:// stands for every TensorFlow file system; ram:// is one CI can use."""
+    from conftest import tiny_config
+    from ganfm.sample import generate
+
+    config = tiny_config("ram://ganfm-test/run")
+    train_lib.run(config)
+    train_lib.run(config.replace(loop=dict(train_steps=6)))
+    files = tf.io.gfile.listdir("ram://ganfm-test/run")
+    assert {"config.json", "samples.png"} <= set(files)
+    assert any(f.startswith("checkpoints") for f in files)
+    assert tf.train.latest_checkpoint("ram://ganfm-test/run/checkpoints").endswith("ckpt-6")
+    assert generate("ram://ganfm-test/run", 4, seed=0).shape == (4, 8, 8, 1)
+
+
+@pytest.mark.slow
+def test_workers_that_see_different_checkpoints_all_stop(tmp_path):
+    flags = [f"--flagfile={SMOKE_FLAGS}"]
+    first = run_python("train.py", *flags, f"--model_dir={tmp_path / 'w0'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "train.py",
+                *flags,
+                "--train_steps=8",
+                "--strategy=multi_worker",
+                f"--worker_hosts={hosts}",
+                f"--task_index={i}",
+                f"--model_dir={tmp_path / f'w{i}'}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 2, out[-2000:]
+        assert "the workers found different checkpoints" in out
 
 
 def test_keras_dropout_on_several_replicas_is_refused(tiny):

@@ -68,8 +68,9 @@ def sample(model_dir, out):
 
 @pytest.mark.slow
 def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
-    """The issue's 'done when', at smoke size: two workers on 127.0.0.1 and two
-    logical CPU replicas in one process give the same samples from the same seed."""
+    """The issue's 'done when', at smoke size: two workers on 127.0.0.1 (stopped at
+    step 12 and relaunched to 16) and two logical CPU replicas in one process (16 steps
+    at once) give the same samples from the same seed."""
     flags = [
         f"--flagfile={SMOKE_FLAGS}",
         "--train_steps=12",
@@ -94,9 +95,31 @@ def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
     assert workers.returncode == 0, workers.stdout[-3000:]
     assert "[worker 0] Done: step 12" in workers.stdout
     assert "[worker 1] Done: step 12" in workers.stdout
+    # Relaunched on the same (shared) --model_dir, both workers resume from the chief's
+    # checkpoint.
+    again = subprocess.run(
+        [
+            "bash",
+            os.path.join(LAUNCH, "multi_worker_local.sh"),
+            "2",
+            *flags,
+            "--train_steps=16",
+            f"--model_dir={tmp_path / 'mw'}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout[-3000:]
+    for worker in (0, 1):
+        assert f"[worker {worker}] Resumed from" in again.stdout
+        assert f"[worker {worker}] Done: step 16" in again.stdout
     mirrored = run_python(
         "train.py",
         *flags,
+        "--train_steps=16",
         "--strategy=mirrored",
         "--cpu_replicas=2",
         f"--model_dir={tmp_path / 'mr'}",

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import zlib
+
 import keras
 import tensorflow as tf
 
 # Keras layers that draw random numbers from a SeedGenerator: under tf.distribute every
 # replica gets the same draw (keras-team/keras#20611), silently.
-SAME_ON_EVERY_REPLICA = (
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout,
+_RANDOM_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "AlphaDropout",
+    "RandomFlip",
+    "RandomCrop",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomTranslation",
+    "RandomContrast",
+    "RandomBrightness",
+)
+SAME_ON_EVERY_REPLICA = tuple(
+    getattr(keras.layers, name) for name in _RANDOM_LAYERS if hasattr(keras.layers, name)
 )
 
 
@@ -22,7 +34,7 @@ SAME_ON_EVERY_REPLICA = (
 class ReplicaDropout(keras.layers.Layer):
     """Dropout whose mask differs on every replica and repeats from run to run.
 
-    The mask is a stateless draw seeded by (seed, call count, replica id); the call
+    The mask is a stateless draw seeded by (seed, layer name, call count, replica id); the call
     count is a variable, so it is checkpointed and a resumed run draws what an
     uninterrupted one would. Use it instead of keras.layers.Dropout in models trained
     on several replicas.
@@ -53,7 +65,9 @@ class ReplicaDropout(keras.layers.Layer):
         replica = tf.cast(ctx.replica_id_in_sync_group if ctx else 0, tf.int64)
         count = tf.cast(self.calls.value, tf.int64)
         self.calls.assign_add(tf.constant(1, tf.int64))
-        seed = tf.stack([tf.constant(self.seed, tf.int64), count * 65536 + replica])
+        # The layer's name keeps two ReplicaDropout layers of one model apart.
+        layer_key = self.seed * 2**32 + zlib.crc32(self.name.encode())
+        seed = tf.stack([tf.constant(layer_key, tf.int64), count * 65536 + replica])
         keep = tf.random.stateless_uniform(tf.shape(inputs), seed=seed) >= self.rate
         scaled = inputs / tf.cast(1.0 - self.rate, inputs.dtype)
         return tf.where(keep, scaled, tf.zeros_like(inputs))
