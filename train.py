@@ -113,6 +113,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("keep_checkpoints", D.loop.keep_checkpoints, "Checkpoints to keep.")
 flags.DEFINE_list(
+    "profile_steps",
+    [],
+    "START,END: a TensorBoard profiler trace of those steps (rounded out to whole "
+    "--steps_per_loop calls), in --model_dir/plugins/profile.",
+)
+flags.DEFINE_list(
     "stats_layers",
     [],
     "Discriminator layers whose activation statistics TensorBoard shows (names, indices "
@@ -174,6 +180,13 @@ def _floats(name: str, values: list[str]) -> tuple[float, ...]:
         raise cfg.ConfigError(f"--{name}={','.join(values)} must be numbers") from None
 
 
+def _ints(name: str, values: list[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise cfg.ConfigError(f"--{name}={','.join(values)} must be whole numbers") from None
+
+
 def config_from_flags() -> cfg.Config:
     """The one function that reads flags."""
     f = FLAGS
@@ -210,6 +223,7 @@ def config_from_flags() -> cfg.Config:
             f.checkpoint_every,
             f.keep_checkpoints,
             tuple(x.strip() for x in f.stats_layers if x.strip()),
+            _ints("profile_steps", f.profile_steps),
         ),
         runtime=cfg.RuntimeConfig(
             strategy=f.strategy,

@@ -79,6 +79,7 @@ class LoopConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     stats_layers: tuple[str, ...] = ()  # Layers with TensorBoard statistics; empty: fm_layers.
+    profile_steps: tuple[int, ...] = ()  # (start, end): profiler trace of those steps.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +260,12 @@ def _validate(config: Config) -> None:
     _positive("summary_every", loop.summary_every)
     _positive("checkpoint_every", loop.checkpoint_every)
     _positive("keep_checkpoints", loop.keep_checkpoints)
+    if loop.profile_steps:
+        _require(
+            len(loop.profile_steps) == 2 and 0 <= loop.profile_steps[0] < loop.profile_steps[1],
+            f"--profile_steps={','.join(map(str, loop.profile_steps))} must be START,END "
+            "with 0 <= START < END, e.g. --profile_steps=100,120",
+        )
     for name in ("summary_every", "checkpoint_every"):
         value = getattr(loop, name)
         _require(

@@ -33,24 +33,22 @@ class Summaries:
 
     def histogram(self, step: int, name: str, buckets: np.ndarray) -> None:
         """Precomputed [bins, 3] (left, right, count) buckets, e.g. all-reduced ones."""
+        self.values(step, {name: np.asarray(buckets)})
+
+    def values(self, step: int, values: dict[str, np.ndarray]) -> None:
+        """Scalars (0-d) and histograms ([bins, 3]) by their shape, in one writer scope."""
         if self._writer is None:
             return
         with self._writer.as_default(step=step):
-            tf.summary.write(
-                name,
-                tf.constant(buckets, tf.float64),
-                metadata=histogram_metadata.create_summary_metadata(
-                    display_name=name, description=""
-                ),
-            )
-
-    def values(self, step: int, values: dict[str, np.ndarray]) -> None:
-        """Scalars (0-d) and histograms ([bins, 3]) by their shape."""
-        for name, value in values.items():
-            if np.ndim(value) == 0:
-                self.scalars(step, {name: float(value)})
-            else:
-                self.histogram(step, name, value)
+            for name, value in values.items():
+                if np.ndim(value) == 0:
+                    tf.summary.scalar(name, float(value))
+                else:
+                    tf.summary.write(
+                        name,
+                        tf.constant(value, tf.float64),
+                        metadata=histogram_metadata.create_summary_metadata(name, ""),
+                    )
 
     def flush(self) -> None:
         if self._writer is not None:

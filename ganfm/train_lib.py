@@ -160,6 +160,27 @@ def _real_grid(source: data.ImageSource) -> np.ndarray:
     return images.make_grid(real)
 
 
+class _Profiler:
+    """A TensorBoard profiler trace of the steps in [start, end), whole loops at a time."""
+
+    def __init__(self, steps: tuple[int, ...], logdir: str, enabled: bool):
+        self.start, self.end = steps if steps else (None, None)
+        self.logdir = logdir
+        self.enabled = enabled and bool(steps)
+        self.running = False
+
+    def before(self, step: int) -> None:
+        if self.enabled and not self.running and self.start <= step < self.end:
+            tf.profiler.experimental.start(self.logdir)
+            self.running = True
+
+    def after(self, step: int, final: bool = False) -> None:
+        if self.running and (step >= self.end or final):
+            tf.profiler.experimental.stop()
+            self.running = False
+            print(f"Profiler trace of steps up to {step} in {self.logdir}/plugins/profile")
+
+
 class _Window:
     """Measurements averaged over the steps since the last summary."""
 
@@ -237,9 +258,12 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     started = time.perf_counter()
     window = _Window()
     metrics: dict[str, float] = {}
+    profiler = _Profiler(loop.profile_steps, loop.model_dir, enabled=chief)
     while step < loop.train_steps:
         count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
+        profiler.before(step)
         metrics = trainer.train(iterator, count)
+        profiler.after(step + count)
         first, step = step + 1, step + count
         _check_finite(metrics, first, step, checkpoints.last_saved)
         progress.update(step)
@@ -270,6 +294,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
             print(progress.line(step, metrics), flush=True)
         if step % loop.checkpoint_every == 0 or last:
             checkpoints.save(step)
+    profiler.after(step, final=True)
     summaries.close()
     where = (
         f"samples in {samples_path}, checkpoint {checkpoints.latest}"

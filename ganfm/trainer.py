@@ -336,6 +336,10 @@ class Trainer:
 
     def generate(self, noise: tf.Tensor, ema: bool = True) -> tf.Tensor:
         """Images in [-1, 1] from the EMA generator (or the raw one), inference mode."""
+        return self._generate(noise, ema)
+
+    @tf.function
+    def _generate(self, noise, ema: bool):
         model = self.ema_generator if ema else self.generator
         return model(noise, training=False)
 

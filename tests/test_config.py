@@ -38,6 +38,7 @@ def test_replace_changes_only_named_fields():
         (dict(runtime=dict(strategy="tpu_pod")), "--strategy='tpu_pod'"),
         (dict(runtime=dict(cpu_replicas=2)), "only applies to --strategy=mirrored"),
         (dict(model=dict(models="/no/such.py")), "is not a file"),
+        (dict(loop=dict(profile_steps=(5, 5))), "must be START,END"),
     ],
 )
 def test_bad_values_name_the_value(sections, fragment):

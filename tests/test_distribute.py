@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO, SMOKE_FLAGS, checkpoint_values, max_difference, run_python
 from ganfm import data, distribute, models, train_lib
@@ -74,6 +75,10 @@ def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
     chief = set(os.listdir(tmp_path / "w0"))
     assert {"checkpoints", "config.json", "samples.png"} <= chief
     assert any(f.startswith("events.out.tfevents") for f in chief)
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "w0"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"activations/real/features/mean", "gradients/generator/total", "loss/g_fm"} <= tags
     assert not os.path.exists(tmp_path / "w1")
     assert os.listdir(tmp_path / "tmp1") == [] and os.listdir(tmp_path / "tmp0") == []
 

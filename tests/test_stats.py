@@ -2,6 +2,7 @@
 replica count, free of side effects on training, and served by a real TensorBoard."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -173,3 +174,28 @@ def test_a_real_tensorboard_serves_the_run(tiny):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_profile_steps_write_a_trace(tiny):
+    config = tiny(loop=dict(profile_steps=(2, 4), train_steps=6))
+    train_lib.run(config)
+    profile_dir = os.path.join(config.loop.model_dir, "plugins", "profile")
+    traces = [f for _, _, files in os.walk(profile_dir) for f in files if f.endswith(".xplane.pb")]
+    assert traces, os.listdir(config.loop.model_dir)
+
+
+@pytest.mark.slow
+def test_statistics_benchmark_runs_in_quick_mode():
+    """The benchmark itself (its figures are for BENCHMARKS/README, not asserted)."""
+    from conftest import run_python
+
+    result = run_python(
+        "-m",
+        "ganfm.bench_stats",
+        "--steps=100",
+        "--summary_every=50",
+        "--rounds=1",
+        "--batch_size=32",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ratio" in result.stdout and "img/s" in result.stdout
