@@ -29,32 +29,27 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
-    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    flags = [
-        f"--flagfile={SMOKE_FLAGS}",
-        "--train_steps=20",
-        "--steps_per_loop=5",
-        "--summary_every=10",
-        "--checkpoint_every=10",
-    ]
+def run_workers(tmp_path, flags, count=2, timeout=600):
+    """count train.py worker processes of one job on 127.0.0.1; worker i uses
+    --model_dir=tmp_path/w<i> and TMPDIR=tmp_path/tmp<i>. Returns (exit codes, outputs)."""
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(count))
     procs = []
-    for i in range(2):
+    for i in range(count):
         scratch = tmp_path / f"tmp{i}"
-        scratch.mkdir()
+        scratch.mkdir(exist_ok=True)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(scratch)}
+        command = [
+            sys.executable,
+            "train.py",
+            *flags,
+            "--strategy=multi_worker",
+            f"--worker_hosts={hosts}",
+            f"--task_index={i}",
+            f"--model_dir={tmp_path / f'w{i}'}",
+        ]
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "train.py",
-                    *flags,
-                    "--strategy=multi_worker",
-                    f"--worker_hosts={hosts}",
-                    f"--task_index={i}",
-                    f"--model_dir={tmp_path / f'w{i}'}",
-                ],
+                command,
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -62,8 +57,21 @@ def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
                 text=True,
             )
         )
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_like_two_replicas_in_one(tmp_path):
+    flags = [
+        f"--flagfile={SMOKE_FLAGS}",
+        "--train_steps=20",
+        "--steps_per_loop=5",
+        "--summary_every=10",
+        "--checkpoint_every=10",
+    ]
+    codes, outputs = run_workers(tmp_path, flags)
+    assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     sums = [
         line.rsplit("weights checksum", 1)[1]
         for o in outputs
@@ -320,31 +328,9 @@ def test_workers_that_see_different_checkpoints_all_stop(tmp_path):
     flags = [f"--flagfile={SMOKE_FLAGS}"]
     first = run_python("train.py", *flags, f"--model_dir={tmp_path / 'w0'}")
     assert first.returncode == 0, first.stderr[-2000:]
-    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "train.py",
-                *flags,
-                "--train_steps=8",
-                "--strategy=multi_worker",
-                f"--worker_hosts={hosts}",
-                f"--task_index={i}",
-                f"--model_dir={tmp_path / f'w{i}'}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 2, out[-2000:]
+    codes, outputs = run_workers(tmp_path, [*flags, "--train_steps=8"], timeout=300)
+    for code, out in zip(codes, outputs, strict=True):
+        assert code == 2, out[-2000:]
         assert "the workers found different checkpoints" in out
 
 

@@ -66,6 +66,17 @@ def sample(model_dir, out):
     return np.load(out)
 
 
+def launch_local_workers(count, *flags):
+    return subprocess.run(
+        ["bash", os.path.join(LAUNCH, "multi_worker_local.sh"), str(count), *flags],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.slow
 def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
     """The issue's 'done when', at smoke size: two workers on 127.0.0.1 (stopped at
@@ -78,40 +89,13 @@ def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
         "--summary_every=4",
         "--checkpoint_every=4",
     ]
-    workers = subprocess.run(
-        [
-            "bash",
-            os.path.join(LAUNCH, "multi_worker_local.sh"),
-            "2",
-            *flags,
-            f"--model_dir={tmp_path / 'mw'}",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    workers = launch_local_workers(2, *flags, f"--model_dir={tmp_path / 'mw'}")
     assert workers.returncode == 0, workers.stdout[-3000:]
     assert "[worker 0] Done: step 12" in workers.stdout
     assert "[worker 1] Done: step 12" in workers.stdout
     # Relaunched on the same (shared) --model_dir, both workers resume from the chief's
     # checkpoint.
-    again = subprocess.run(
-        [
-            "bash",
-            os.path.join(LAUNCH, "multi_worker_local.sh"),
-            "2",
-            *flags,
-            "--train_steps=16",
-            f"--model_dir={tmp_path / 'mw'}",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = launch_local_workers(2, *flags, "--train_steps=16", f"--model_dir={tmp_path / 'mw'}")
     assert again.returncode == 0, again.stdout[-3000:]
     for worker in (0, 1):
         assert f"[worker {worker}] Resumed from" in again.stdout
