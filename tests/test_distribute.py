@@ -181,7 +181,8 @@ def bn_discriminator_models(config):
     return g, keras.Model(d.inputs, keras.layers.Dense(1, name="out")(x)), ema
 
 
-@pytest.mark.parametrize("sync_bn", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("sync_bn", [True, False])
 def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_bn):
     loop = dict(train_steps=3, steps_per_loop=3, summary_every=3, checkpoint_every=3)
     common = dict(loop=loop, model=dict(sync_bn=sync_bn), loss=dict(fm_layers=("flat",)))
@@ -201,6 +202,7 @@ def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_
         assert difference > 1e-4  # Per-replica batch statistics: another training run.
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_compile_under_xla(tiny):
     """The TPU-readiness check available without a TPU: both loss-and-gradient
     functions compile to HLO (static shapes, XLA-supported ops), and a jit-compiled
@@ -236,6 +238,7 @@ def test_jit_compile_with_several_replicas_is_refused(tiny):
         train_lib.run(tiny(runtime=dict(jit_compile=True, strategy="mirrored", cpu_replicas=2)))
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_close_to_fp32(tiny):
     from ganfm.sample import generate
 
@@ -308,6 +311,7 @@ def test_two_replica_dropout_layers_draw_different_masks():
     assert not np.array_equal(first(x, training=True), second(x, training=True))
 
 
+@pytest.mark.slow
 def test_a_non_local_file_system_holds_the_whole_run():
     """gs:// stands for every TensorFlow file system; ram:// is one CI can use."""
     from conftest import tiny_config
@@ -346,6 +350,7 @@ def test_keras_dropout_on_several_replicas_is_refused(tiny):
     train_lib.run(tiny(), build_models=with_dropout)  # One replica: fine.
 
 
+@pytest.mark.slow
 def test_replica_dropout_trains_on_several_replicas(tiny):
     from ganfm.models.layers import ReplicaDropout
 

@@ -22,8 +22,12 @@ def build_trainer(config):
 
 @pytest.mark.parametrize(
     "loss",
-    [dict(), dict(fm_target="ema", r1_weight=1.0)],
-    ids=["default", "ema_target_r1"],
+    [
+        pytest.param(dict(), id="default"),
+        pytest.param(
+            dict(fm_target="ema", r1_weight=1.0), id="ema_target_r1", marks=pytest.mark.slow
+        ),
+    ],
 )
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny, loss):
     whole = tiny(loss=loss, loop=dict(train_steps=6))
