@@ -118,6 +118,21 @@ flags.DEFINE_list(
     "START,END: a TensorBoard profiler trace of those steps (rounded out to whole "
     "--steps_per_loop calls), in --model_dir/plugins/profile.",
 )
+flags.DEFINE_integer(
+    "eval_every",
+    D.loop.eval_every,
+    "Every N steps (a multiple of steps_per_loop): FD, KID, precision/recall and class "
+    "coverage in the domain classifier's features, to TensorBoard (eval/...); the best "
+    "checkpoint by FD is kept in --model_dir/best. 0: off.",
+)
+flags.DEFINE_integer(
+    "eval_samples", D.loop.eval_samples, "Generated images per --eval_every evaluation."
+)
+flags.DEFINE_string(
+    "classifier_cache",
+    D.loop.classifier_cache,
+    "Where domain classifiers are cached; empty: $GANFM_CACHE or ~/.cache/ganfm.",
+)
 flags.DEFINE_list(
     "stats_layers",
     [],
@@ -224,6 +239,9 @@ def config_from_flags() -> cfg.Config:
             f.keep_checkpoints,
             tuple(x.strip() for x in f.stats_layers if x.strip()),
             _ints("profile_steps", f.profile_steps),
+            f.eval_every,
+            f.eval_samples,
+            f.classifier_cache,
         ),
         runtime=cfg.RuntimeConfig(
             strategy=f.strategy,

@@ -6,6 +6,7 @@ replica's copy of each variable.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -15,6 +16,9 @@ import tensorflow as tf
 from ganfm.errors import ConfigError
 
 CHECKPOINT_SUBDIR = "checkpoints"
+BEST_SUBDIR = "best"
+BEST_FILE = "best.json"
+LATEST, BEST = "latest", "best"
 
 
 def checkpoint_dir(model_dir: str) -> str:
@@ -83,11 +87,73 @@ def _first_line(error: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def restore_ema_generator(model_dir: str, generator) -> str:
-    """Loads only the EMA generator of the newest checkpoint into `generator`."""
-    path = tf.train.latest_checkpoint(checkpoint_dir(model_dir))
-    if path is None:
-        raise ConfigError(f"no checkpoint in {checkpoint_dir(model_dir)}; train there first")
+def best_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, BEST_SUBDIR)
+
+
+def read_best(model_dir: str) -> dict | None:
+    """{"checkpoint": path, "step": N, "fd": ...} of the best checkpoint kept, if any."""
+    path = os.path.join(best_dir(model_dir), BEST_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        best = json.load(f)
+    best["checkpoint"] = os.path.join(best_dir(model_dir), best["name"])
+    return best
+
+
+def keep_best(model_dir: str, checkpoint: str, record: dict) -> str:
+    """Copies `checkpoint` into <model_dir>/best and points best.json at it.
+
+    Crash-safe: the new files are complete before best.json (written atomically)
+    names them, and the previous best is deleted only after that.
+    """
+    from ganfm.images import atomic_write_bytes  # Keeps this module free of image code.
+
+    directory = best_dir(model_dir)
+    tf.io.gfile.makedirs(directory)
+    previous = read_best(model_dir)
+    name = os.path.basename(checkpoint)
+    for source in tf.io.gfile.glob(checkpoint + ".*"):
+        if source.endswith(".eval.json") or ".tmp-" in source:
+            continue
+        tf.io.gfile.copy(source, os.path.join(directory, os.path.basename(source)), overwrite=True)
+    atomic_write_bytes(
+        os.path.join(directory, BEST_FILE),
+        json.dumps({**record, "name": name}, indent=2, sort_keys=True).encode(),
+    )
+    if previous and previous["name"] != name:
+        for old in tf.io.gfile.glob(previous["checkpoint"] + ".*"):
+            tf.io.gfile.remove(old)
+    return os.path.join(directory, name)
+
+
+def find_checkpoint(model_dir: str, which: str = LATEST) -> str:
+    """The newest checkpoint ("latest"), the best by FD ("best"), or a checkpoint path."""
+    if which == LATEST:
+        path = tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+        if path is None:
+            raise ConfigError(f"no checkpoint in {checkpoint_dir(model_dir)}; train there first")
+        return path
+    if which == BEST:
+        best = read_best(model_dir)
+        if best is None:
+            raise ConfigError(
+                f"{model_dir} has no best checkpoint; train with --eval_every to keep one, "
+                "or use --checkpoint=latest"
+            )
+        return best["checkpoint"]
+    if not tf.io.gfile.exists(which + ".index"):
+        raise ConfigError(
+            f"--checkpoint={which!r} is not a checkpoint (no {which}.index); give latest, best "
+            "or a path such as DIR/checkpoints/ckpt-1000"
+        )
+    return which
+
+
+def restore_ema_generator(model_dir: str, generator, which: str = LATEST) -> str:
+    """Loads only the EMA generator of a checkpoint (see find_checkpoint) into `generator`."""
+    path = find_checkpoint(model_dir, which)
     try:
         # Every generator weight must come from the checkpoint: never sample an
         # untrained or mismatched generator. The rest of the checkpoint is not needed.

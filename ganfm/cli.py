@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from absl import flags, logging
 
+from ganfm.config import CONFIG_FILE
 from ganfm.errors import EXIT_DIVERGED, EXIT_USER_ERROR, ConfigError, TrainingDiverged
 
 
@@ -43,3 +44,13 @@ def user_errors():
         fail(e)
     except TrainingDiverged as e:
         fail(e, EXIT_DIVERGED)
+
+
+def require_run(model_dir: str | None) -> None:
+    """For tools that read a finished run: --model_dir must hold one."""
+    if not model_dir:
+        raise ConfigError("--model_dir is required: a training run's --model_dir")
+    local = "://" not in model_dir  # gs:// and the like: checked once loaded.
+    if local and not os.path.isfile(os.path.join(model_dir, CONFIG_FILE)):
+        raise ConfigError(f"--model_dir={model_dir!r} has no {CONFIG_FILE}; train there first")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -80,6 +80,9 @@ class LoopConfig:
     keep_checkpoints: int = 3
     stats_layers: tuple[str, ...] = ()  # Layers with TensorBoard statistics; empty: fm_layers.
     profile_steps: tuple[int, ...] = ()  # (start, end): profiler trace of those steps.
+    eval_every: int = 0  # >0: FD, KID, precision/recall, coverage every N steps; keeps best.
+    eval_samples: int = 2000  # Generated (and at most reference) images per evaluation.
+    classifier_cache: str = ""  # Domain classifiers' cache; empty: $GANFM_CACHE or ~/.cache.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +269,9 @@ def _validate(config: Config) -> None:
             f"--profile_steps={','.join(map(str, loop.profile_steps))} must be START,END "
             "with 0 <= START < END, e.g. --profile_steps=100,120",
         )
-    for name in ("summary_every", "checkpoint_every"):
+    _non_negative("eval_every", loop.eval_every)
+    _require(loop.eval_samples >= 10, f"--eval_samples={loop.eval_samples} must be >= 10")
+    for name in ("summary_every", "checkpoint_every", "eval_every"):
         value = getattr(loop, name)
         _require(
             value % loop.steps_per_loop == 0,

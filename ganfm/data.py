@@ -24,6 +24,9 @@ SYNTHETIC_POOL = 1024
 SYNTHETIC_DEFAULT_SIZE = 32
 _PERMUTATION_SALT = 0x5EED
 _MAX_EPOCHS = 2**40
+SPLITS = ("train", "test")
+DIGITS_HOLDOUT_EVERY = 5
+_IDX_PREFIXES = {"train": "train", "test": "t10k"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,18 +45,26 @@ class ImageSource:
         return len(self.images) if self.images is not None else len(self.files)
 
 
-def load_source(data: DataConfig) -> ImageSource:
-    """Loads or lists the data set named by --dataset, at the requested size."""
+def load_source(data: DataConfig, split: str = "train") -> ImageSource:
+    """Loads or lists the data set named by --dataset, at the requested size.
+
+    split="test" is the held-out split evaluation compares against (never trained on);
+    data sets without one raise ConfigError.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name = data.dataset
     if name == "digits":
-        images, labels = load_digits()
+        images, labels = load_digits(split)
     elif name in ("mnist", "fashion_mnist"):
         if data.data_dir:
-            images, labels = load_idx_dir(data.data_dir)
+            images, labels = load_idx_dir(data.data_dir, split)
         else:
-            images, labels = load_tfds(name, "", data.image_size)
+            images, labels = load_tfds(name, "", data.image_size, split)
     elif name.startswith("tfds:"):
-        images, labels = load_tfds(name.split(":", 1)[1], data.data_dir, data.image_size)
+        images, labels = load_tfds(name.split(":", 1)[1], data.data_dir, data.image_size, split)
+    elif split != "train":
+        raise ConfigError(f"--dataset={name} has no held-out split to evaluate against")
     elif name.startswith("folder:"):
         return _folder_source(name.split(":", 1)[1], data)
     elif name == "synthetic":
@@ -70,14 +81,24 @@ def load_source(data: DataConfig) -> ImageSource:
     return _in_memory_source(name, images, labels, data)
 
 
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten digits, 8x8, shipped with the package."""
+def load_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits, 8x8, shipped with the package.
+
+    The set has no test split; every DIGITS_HOLDOUT_EVERY-th image of each class is
+    held out as one (364 images), so training never sees what evaluation compares to.
+    """
     from sklearn.datasets import load_digits as sk_load_digits
 
     digits = sk_load_digits()
     # Pixel values are 0..16; spread them over 0..255.
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return images[..., None], digits.target.astype(np.int64)
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    rank_in_class = np.zeros(len(labels), np.int64)
+    for label in np.unique(labels):
+        members = labels == label
+        rank_in_class[members] = np.arange(members.sum())
+    keep = (rank_in_class % DIGITS_HOLDOUT_EVERY == 0) == (split == "test")
+    return images[keep], labels[keep]
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -109,15 +130,16 @@ def _find(data_dir: str, stem: str) -> str | None:
     return None
 
 
-def load_idx_dir(data_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The training split of an MNIST-format directory (train-images-idx3-ubyte[.gz])."""
-    images_path = _find(data_dir, "train-images-idx3-ubyte")
+def load_idx_dir(data_dir: str, split: str = "train") -> tuple[np.ndarray, np.ndarray | None]:
+    """A split of an MNIST-format directory: train-* or t10k-images-idx3-ubyte[.gz]."""
+    prefix = _IDX_PREFIXES[split]
+    images_path = _find(data_dir, f"{prefix}-images-idx3-ubyte")
     if images_path is None:
         raise ConfigError(
-            f"--data_dir={data_dir!r} has no train-images-idx3-ubyte[.gz]; point it at "
+            f"--data_dir={data_dir!r} has no {prefix}-images-idx3-ubyte[.gz]; point it at "
             "MNIST-format files (Debian: /usr/share/datasets/fashion-mnist)"
         )
-    labels_path = _find(data_dir, "train-labels-idx1-ubyte")
+    labels_path = _find(data_dir, f"{prefix}-labels-idx1-ubyte")
     images = read_idx(images_path)
     labels = read_idx(labels_path).astype(np.int64) if labels_path else None
     if labels is not None and len(labels) != len(images):
@@ -131,9 +153,9 @@ def load_idx_dir(data_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def load_tfds(
-    name: str, data_dir: str, image_size: int = 0
+    name: str, data_dir: str, image_size: int = 0, split: str = "train"
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The train split of a TFDS image data set, read into memory.
+    """A split of a TFDS image data set, read into memory.
 
     With image_size, images are center-cropped and resized as they are read, so data
     sets of varying image sizes load too.
@@ -141,7 +163,7 @@ def load_tfds(
     import tensorflow_datasets as tfds
 
     try:
-        ds, info = tfds.load(name, split="train", data_dir=data_dir or None, with_info=True)
+        ds, info = tfds.load(name, split=split, data_dir=data_dir or None, with_info=True)
     except Exception as e:  # TFDS raises many types; all mean "cannot get this data".
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(

@@ -14,8 +14,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from ganfm.cli import fail, parse_flags_or_exit, user_errors
-from ganfm.config import CONFIG_FILE
+from ganfm.cli import fail, parse_flags_or_exit, require_run, user_errors
 from ganfm.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -29,22 +28,37 @@ def _define_flags() -> None:
     flags.DEFINE_string("output", "samples.png", "Output: .png (a grid) or .npy (uint8 NHWC).")
     flags.DEFINE_integer("seed", 0, "Noise seed.")
     flags.DEFINE_integer("batch", 256, "Images generated per call.")
+    flags.DEFINE_string("checkpoint", "latest", "latest, best (kept by --eval_every) or a path.")
 
 
-def generate(model_dir: str, num: int, seed: int, batch: int = 256, generator=None) -> np.ndarray:
-    """uint8 [num, H, W, C] samples of the newest checkpoint's EMA generator.
+def generate(
+    model_dir: str,
+    num: int,
+    seed: int,
+    batch: int = 256,
+    generator=None,
+    checkpoint: str = "latest",
+) -> np.ndarray:
+    """uint8 [num, H, W, C] samples of a checkpoint's EMA generator (the newest by default).
 
     Pass `generator` (a fresh instance of the run's generator) for runs whose models
     came from Python rather than the built-in DCGAN or a --models file.
     """
-    from ganfm import checkpointing, data, models, train_lib
-    from ganfm.trainer import sample_noise
+    from ganfm import checkpointing, models, train_lib
 
     config = train_lib.load_config(model_dir)
     if generator is None:
         generator = models.build_generator(config)
-    checkpointing.restore_ema_generator(model_dir, generator)
-    noise = sample_noise(seed, num, config.model.z_dim)
+    checkpointing.restore_ema_generator(model_dir, generator, checkpoint)
+    return generate_with(generator, num, seed, batch)
+
+
+def generate_with(generator, num: int, seed: int, batch: int = 256) -> np.ndarray:
+    """uint8 samples of a generator for the noise of `seed` (the same as sample_noise's)."""
+    from ganfm import data
+    from ganfm.trainer import sample_noise
+
+    noise = sample_noise(seed, num, generator.input_shape[-1])
     chunks = [
         data.to_uint8(generator(noise[i : i + batch], training=False)).numpy()
         for i in range(0, num, batch)
@@ -69,8 +83,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}")
     with user_errors():
-        if not FLAGS.model_dir:
-            raise ConfigError("--model_dir is required: the run to sample from")
+        require_run(FLAGS.model_dir)
         if FLAGS.num <= 0 or FLAGS.batch <= 0:
             raise ConfigError(f"--num={FLAGS.num} and --batch={FLAGS.batch} must be > 0")
         if not FLAGS.output.endswith(OUTPUT_KINDS):
@@ -78,13 +91,9 @@ def main(argv: list[str]) -> None:
         parent = os.path.dirname(os.path.abspath(FLAGS.output))
         if "://" not in FLAGS.output and not os.path.isdir(parent):
             raise ConfigError(f"--output={FLAGS.output!r}: folder {parent} does not exist")
-        local = "://" not in FLAGS.model_dir  # gs:// and the like: checked once loaded.
-        if local and not os.path.isfile(os.path.join(FLAGS.model_dir, CONFIG_FILE)):
-            raise ConfigError(
-                f"--model_dir={FLAGS.model_dir!r} has no {CONFIG_FILE}; train there first"
-            )
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        samples = generate(FLAGS.model_dir, FLAGS.num, FLAGS.seed, FLAGS.batch)
+        samples = generate(
+            FLAGS.model_dir, FLAGS.num, FLAGS.seed, FLAGS.batch, checkpoint=FLAGS.checkpoint
+        )
         write(samples, FLAGS.output)
     print(f"Wrote {len(samples)} samples to {FLAGS.output}")
 

@@ -126,6 +126,28 @@ def _build(config: Config, strategy, build_models: ModelBuilder | None):
     return trainer, checkpoints, restored
 
 
+def _periodic_evaluation(config: Config, trainer: Trainer):
+    """The chief's --eval_every evaluator (the domain classifier trained or loaded now,
+    so a data set it cannot serve fails before --model_dir is touched)."""
+    if not config.loop.eval_every:
+        return None
+    from ganfm import classifier
+    from ganfm.evaluation import Evaluator
+    from ganfm.periodic_evaluation import PeriodicEvaluation
+
+    evaluator = Evaluator(
+        config,
+        config.loop.eval_samples,
+        config.loop.classifier_cache or classifier.default_cache_dir(),
+        log=lambda line: print(line, flush=True),
+    )
+    if evaluator.classifier is None:
+        raise ConfigError(f"--eval_every needs a domain classifier: {'; '.join(evaluator.notes)}")
+    periodic = PeriodicEvaluation(trainer, evaluator, config.loop.model_dir, config.runtime.seed)
+    print(periodic.floor_line(), flush=True)
+    return periodic
+
+
 def _check_same_checkpoint(strategy, path: str | None) -> None:
     """Every worker must restore the same checkpoint (a --model_dir that is not really
     shared would otherwise train different weights, or hang). All workers take part
@@ -219,6 +241,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     check_model_dir(recorded)
     trainer, checkpoints, restored = _build(config, strategy, build_models)
     chief = checkpoints.chief  # Only the chief writes into --model_dir.
+    evaluation = _periodic_evaluation(config, trainer) if chief else None
     # Everything the user typed has been checked: only now touch --model_dir.
     if chief:
         _write_config(recorded)
@@ -292,8 +315,13 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
             window.reset()
         if summary_due or progress.due(PRINT_EVERY_SECONDS):
             print(progress.line(step, metrics), flush=True)
-        if step % loop.checkpoint_every == 0 or last:
-            checkpoints.save(step)
+        eval_due = loop.eval_every > 0 and (step % loop.eval_every == 0 or last)
+        if step % loop.checkpoint_every == 0 or last or eval_due:
+            checkpoints.save(step)  # Every worker: saving is collective.
+        if eval_due and evaluation is not None:
+            values = evaluation.run(step, checkpoints.last_saved)
+            summaries.scalars(step, values)
+            print(evaluation.line(step, values), flush=True)
     profiler.after(step, final=True)
     summaries.close()
     where = (

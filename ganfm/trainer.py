@@ -32,7 +32,7 @@ _SAMPLE_SALT = 3 << 40
 def stateless_seed(seed: int, salt: int, counter) -> tf.Tensor:
     """A [2] int64 seed for tf.random.stateless_* ops from (seed, purpose, counter)."""
     counter = tf.cast(counter, tf.int64)
-    return tf.stack([tf.constant(seed, tf.int64), tf.constant(salt, tf.int64) + counter])
+    return tf.stack([tf.cast(seed, tf.int64), tf.constant(salt, tf.int64) + counter])
 
 
 def sample_noise(seed: int, num: int, z_dim: int) -> tf.Tensor:

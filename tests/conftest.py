@@ -86,3 +86,9 @@ def tiny(tmp_path):
         return tiny_config(tmp_path / f"run{next(counter)}", **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory):
+    """One domain-classifier cache for the whole session: each classifier trains once."""
+    return str(tmp_path_factory.mktemp("classifier_cache"))

@@ -29,11 +29,20 @@ def write_idx(path, array):
 
 def test_digits_ship_with_scikit_learn_and_land_in_minus_one_one():
     source = data.load_source(DataConfig("digits"))
-    assert (source.image_size, source.channels, source.num_examples) == (8, 1, 1797)
+    assert (source.image_size, source.channels, source.num_examples) == (8, 1, 1433)
     assert source.images.dtype == np.uint8 and source.images.max() == 255
     (batch,) = take(data.make_input_fn(source, 16, 2, seed=0, start_step=0), 1)
     assert batch.shape == (2, 16, 8, 8, 1) and batch.dtype == np.float32
     assert batch.min() >= -1.0 and batch.max() <= 1.0
+
+
+def test_digits_hold_out_a_fifth_of_every_class_that_training_never_sees():
+    train = data.load_source(DataConfig("digits"))
+    test = data.load_source(DataConfig("digits"), split="test")
+    assert train.num_examples + test.num_examples == 1797
+    assert np.bincount(test.labels).min() >= 35 and test.num_examples == 364
+    seen = {image.tobytes() for image in train.images}
+    assert sum(image.tobytes() not in seen for image in test.images) >= 359  # a few repeat
 
 
 def test_every_example_once_per_epoch_and_order_depends_on_seed():
@@ -78,6 +87,15 @@ def test_idx_files_made_here_are_read(tmp_path):
     np.testing.assert_array_equal(source.labels, np.arange(20) % 10)
     small = data.load_source(DataConfig("mnist", str(tmp_path), image_size=16, channels=3))
     assert small.images.shape == (20, 16, 16, 3)
+    with pytest.raises(ConfigError, match="has no t10k-images-idx3-ubyte"):
+        data.load_source(DataConfig("mnist", str(tmp_path)), split="test")
+    write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), images[:5])
+    assert data.load_source(DataConfig("mnist", str(tmp_path)), split="test").num_examples == 5
+
+
+def test_sets_without_a_held_out_split_say_so():
+    with pytest.raises(ConfigError, match="no held-out split"):
+        data.load_source(DataConfig("synthetic", image_size=8), split="test")
 
 
 def test_truncated_or_missing_idx_files_are_clear_errors(tmp_path):
