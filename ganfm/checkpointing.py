@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -126,6 +127,12 @@ def keep_best(model_dir: str, checkpoint: str, record: dict) -> str:
         for old in tf.io.gfile.glob(previous["checkpoint"] + ".*"):
             tf.io.gfile.remove(old)
     return os.path.join(directory, name)
+
+
+def checkpoint_step(path: str) -> int | None:
+    """N of a CheckpointManager checkpoint path (.../ckpt-N); None for other names."""
+    match = re.search(r"-(\d+)$", path)
+    return int(match.group(1)) if match else None
 
 
 def find_checkpoint(model_dir: str, which: str = LATEST) -> str:

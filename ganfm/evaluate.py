@@ -66,7 +66,12 @@ def evaluate(
         log=lambda line: print(line, flush=True),
     )
     generated = sample.generate_with(generator, num_samples, seed, batch)
-    report = {"checkpoint": path, "seed": seed, **evaluator.report(generated)}
+    report = {
+        "checkpoint": path,
+        "step": checkpointing.checkpoint_step(path),
+        "seed": seed,
+        **evaluator.report(generated),
+    }
     output = path + EVAL_SUFFIX
     images.atomic_write_bytes(output, json.dumps(report, indent=2).encode())
     return report, output

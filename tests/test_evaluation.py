@@ -20,10 +20,11 @@ FIGURES = ("fd", "kid", "kid_std", "precision", "recall", "classes_covered", "cl
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, classifier_cache):
-    """A tiny digits run evaluated every 2 steps: its model_dir."""
+    """A tiny digits run on 2 replicas, evaluated every 2 steps: its model_dir."""
     model_dir = tmp_path_factory.mktemp("eval") / "run"
     config = tiny_config(
         model_dir,
+        runtime=dict(strategy="mirrored", cpu_replicas=2, deterministic=True, seed=3),
         loop=dict(
             train_steps=6,
             eval_every=2,
@@ -150,6 +151,7 @@ def test_evaluate_command_prints_every_figure_offline(digits_run, classifier_cac
     )
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line(tmp_path, digits_run):
     missing = run_python("-m", "ganfm.evaluate", f"--model_dir={tmp_path}")
     assert_one_line_error(missing, tmp_path / "x", "has no config.json")
@@ -249,3 +251,18 @@ np.save({str(tmp_path / "served.npy")!r}, seeded.numpy())
     assert_one_line_error(again, tmp_path / "nothing", "already exists")
     assert os.path.isdir(export_dir / "variables")
     assert REPO  # The export ran from the repository, the check from tmp_path.
+
+
+def test_compare_makes_a_table_over_seeds(digits_run, tmp_path):
+    from ganfm import compare
+
+    latest = compare.read_report(digits_run)  # ckpt-6.eval.json, written during training.
+    best = compare.read_report(digits_run, "best")
+    assert latest["step"] == 6 and best["step"] == checkpointing.read_best(digits_run)["step"]
+    lines = compare.table({"fm": [latest, best], "adv": [latest]}).splitlines()
+    assert lines[0].startswith("| run | seeds | FD | KID | precision | recall") and len(lines) == 5
+    assert lines[2].startswith("| fm | 2 |") and "±" in lines[2] and "±" not in lines[3]
+    assert lines[4].startswith("| held-out real images (floor)")
+    assert compare.group_name("/runs/fm_s12/") == "fm" and compare.group_name("adv") == "adv"
+    with pytest.raises(ConfigError, match="has not been evaluated"):
+        compare.read_report(digits_run, "ckpt-5")
