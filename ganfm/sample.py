@@ -83,7 +83,6 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}")
     with user_errors():
-        require_run(FLAGS.model_dir)
         if FLAGS.num <= 0 or FLAGS.batch <= 0:
             raise ConfigError(f"--num={FLAGS.num} and --batch={FLAGS.batch} must be > 0")
         if not FLAGS.output.endswith(OUTPUT_KINDS):
@@ -91,6 +90,7 @@ def main(argv: list[str]) -> None:
         parent = os.path.dirname(os.path.abspath(FLAGS.output))
         if "://" not in FLAGS.output and not os.path.isdir(parent):
             raise ConfigError(f"--output={FLAGS.output!r}: folder {parent} does not exist")
+        require_run(FLAGS.model_dir)
         samples = generate(
             FLAGS.model_dir, FLAGS.num, FLAGS.seed, FLAGS.batch, checkpoint=FLAGS.checkpoint
         )

@@ -89,6 +89,7 @@ def tiny(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def classifier_cache(tmp_path_factory):
-    """One domain-classifier cache for the whole session: each classifier trains once."""
-    return str(tmp_path_factory.mktemp("classifier_cache"))
+def classifier_cache(request):
+    """Domain classifiers kept in pytest's cache across sessions (keyed by a fingerprint of
+    the data and the classifier's version): each trains once per checkout."""
+    return str(request.config.cache.mkdir("ganfm_classifiers"))

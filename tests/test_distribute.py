@@ -338,6 +338,7 @@ def test_workers_that_see_different_checkpoints_all_stop(tmp_path):
         assert "the workers found different checkpoints" in out
 
 
+@pytest.mark.slow
 def test_keras_dropout_on_several_replicas_is_refused(tiny):
     def with_dropout(config):
         g, d, ema = models.build_models(config)

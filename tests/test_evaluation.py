@@ -38,10 +38,13 @@ def digits_run(tmp_path_factory, classifier_cache):
     return str(model_dir)
 
 
-def test_domain_classifier_reaches_90_percent_on_digits_and_is_cached(classifier_cache):
+@pytest.mark.slow
+def test_domain_classifier_reaches_90_percent_on_digits_and_is_cached(tmp_path):
     train = data.load_source(DataConfig("digits"))
     test = data.load_source(DataConfig("digits"), split="test")
-    trained = classifier.load_or_train(train, test, classifier_cache, log=lambda _: None)
+    lines = []
+    trained = classifier.load_or_train(train, test, str(tmp_path), log=lines.append)
+    assert "Training the digits domain classifier" in lines[0]
     assert trained.test_accuracy >= 0.9
     features, predicted = trained.features_and_predictions(test.images)
     assert features.shape == (len(test.images), 128)
@@ -50,7 +53,7 @@ def test_domain_classifier_reaches_90_percent_on_digits_and_is_cached(classifier
     def must_not_train(line):
         raise AssertionError(f"trained again: {line}")
 
-    cached = classifier.load_or_train(train, test, classifier_cache, log=must_not_train)
+    cached = classifier.load_or_train(train, test, str(tmp_path), log=must_not_train)
     np.testing.assert_allclose(cached.features_and_predictions(test.images)[0], features, atol=1e-5)
 
 

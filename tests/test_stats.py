@@ -105,6 +105,7 @@ def test_every_statistic_equals_numpy_on_the_layer_outputs(tiny, tmp_path):
     assert checked == 2 * len(LAYERS) * len(stats.SCALARS)
 
 
+@pytest.mark.slow
 def test_statistics_do_not_depend_on_the_replica_count(tiny):
     one = build(tiny())
     two = build(tiny(runtime=dict(strategy="mirrored", cpu_replicas=2)))
@@ -114,6 +115,7 @@ def test_statistics_do_not_depend_on_the_replica_count(tiny):
         np.testing.assert_allclose(a[tag], b[tag], rtol=1e-4, atol=1e-5, err_msg=tag)
 
 
+@pytest.mark.slow
 def test_logging_statistics_leaves_training_unchanged(tiny):
     often = tiny(loop=dict(summary_every=2, train_steps=4), loss=dict(fm_layers=("block0_act",)))
     once = tiny(loop=dict(summary_every=4, train_steps=4), loss=dict(fm_layers=("block0_act",)))
