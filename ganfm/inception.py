@@ -76,9 +76,11 @@ def load(weights: str) -> tuple[InceptionFeatures | None, str]:
     try:
         model = _build("imagenet")  # The Keras cache, else a download.
     except Exception as e:  # Offline: URL, DNS and timeout errors of every kind.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = reason if len(reason) <= 80 else "..." + reason[-77:]  # The cause is last.
         return None, (
             f"Inception-v3 FID/KID skipped: no weights in {cached} and the download failed "
-            f"({type(e).__name__}); pass --inception_weights=FILE (a copy of {KERAS_WEIGHTS_FILE})"
+            f"({reason}); pass --inception_weights=FILE (a copy of {KERAS_WEIGHTS_FILE})"
         )
     finally:
         socket.setdefaulttimeout(previous)

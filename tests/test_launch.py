@@ -112,3 +112,46 @@ def test_multi_worker_launcher_matches_two_mirrored_replicas(tmp_path):
     a = sample(tmp_path / "mw", tmp_path / "a.npy")
     b = sample(tmp_path / "mr", tmp_path / "b.npy")
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def module_flags(module):
+    code = (
+        f"import {module} as m; m._define_flags(); from absl import flags; "
+        "print(' '.join(flags.FLAGS))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.slow
+def test_experiment_script_trains_evaluates_and_compares_with_real_flags(tmp_path, defined_flags):
+    """Runs the README experiment's script with a `python` that records its arguments."""
+    log = tmp_path / "calls"
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    stub.chmod(0o755)
+    script = os.path.join(LAUNCH, "experiments", "fashion_mnist_fm_vs_adv.sh")
+    env = {**ENV, "PATH": f"{stub.parent}:{os.environ['PATH']}", "STEPS": "7"}
+    subprocess.run(["bash", script, str(tmp_path / "out")], cwd=tmp_path, env=env, check=True)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    known = {
+        "train.py": defined_flags,
+        "ganfm.evaluate": module_flags("ganfm.evaluate"),
+        "ganfm.sample": module_flags("ganfm.sample"),
+        "ganfm.compare": module_flags("ganfm.compare"),
+    }
+    counts = {}
+    for call in calls:
+        program = call[1] if call[0] == "-m" else call[0]
+        counts[program] = counts.get(program, 0) + 1
+        names = {arg.split("=", 1)[0][2:] for arg in call if arg.startswith("--")}
+        assert names <= known[program], (program, names - known[program])
+    assert counts == {"train.py": 6, "ganfm.evaluate": 6, "ganfm.sample": 6, "ganfm.compare": 1}
+    trains = [" ".join(c) for c in calls if c[0] == "train.py"]
+    assert sum("--fm_weight=0" in t for t in trains) == 3
+    assert all("--train_steps=7" in t for t in trains)
+    assert {t.split("--seed=")[1].split()[0] for t in trains} == {"1", "2", "3"}
+    assert len(calls[-1]) == 2 + 6  # compare: -m ganfm.compare and the six runs.
