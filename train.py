@@ -169,8 +169,9 @@ flags.DEFINE_enum(
     "precision",
     D.runtime.precision,
     cfg.PRECISIONS,
-    "fp32, or mixed_bfloat16 (bfloat16 compute, float32 weights, logits and losses; "
-    "for TPUs and recent GPUs, no loss scaling needed).",
+    "fp32; mixed_bfloat16 (bfloat16 compute, float32 weights, logits and losses; TPUs "
+    "and recent GPUs; no loss scaling needed); or mixed_float16 (GPUs; float16 compute "
+    "with dynamic loss scaling, a step with inf/NaN gradients on any replica is skipped).",
 )
 flags.DEFINE_boolean(
     "jit_compile",

@@ -20,7 +20,7 @@ FM_TARGETS = ("batch", "ema")
 FM_STATS = ("global", "local")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 COLLECTIVES = ("auto", "ring", "nccl")
-PRECISIONS = ("fp32", "mixed_bfloat16")
+PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "synthetic")
 DATASET_PREFIXES = ("tfds:", "folder:")
 # DCGAN stacks double the resolution per block from a 4x4 (or 7x7) start.
@@ -96,7 +96,9 @@ class RuntimeConfig:
     collective: str = "auto"  # multi_worker all-reduce implementation.
     tpu: str = ""  # tpu: a TPU name, grpc://address, or "local" on a TPU VM.
     jit_compile: bool = False  # XLA for the loss-and-gradient computation.
-    precision: str = "fp32"  # mixed_bfloat16: bfloat16 compute, float32 weights (TPU, GPU).
+    # mixed_bfloat16: bfloat16 compute, float32 weights (TPU, recent GPUs); mixed_float16:
+    # float16 compute with dynamic loss scaling (GPUs).
+    precision: str = "fp32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +329,10 @@ def _ema_layers(config: Config) -> tuple[str, ...]:
     return loss.fm_layers
 
 
+def _loss_scaled(config: Config) -> str:
+    return "mixed_float16" if config.runtime.precision == "mixed_float16" else "fp32/mixed_bfloat16"
+
+
 def architecture_differences(old: Config, new: Config) -> list[str]:
     """Settings that change the shape of what a checkpoint holds, as 'name: old -> new'."""
     fields = [
@@ -337,5 +343,7 @@ def architecture_differences(old: Config, new: Config) -> list[str]:
         ("d_filters", old.model.d_filters, new.model.d_filters),
         ("models", old.model.models, new.model.models),
         ("fm_target (moving-average state)", _ema_layers(old), _ema_layers(new)),
+        # Loss scaling adds optimizer state; bfloat16 and fp32 checkpoints are alike.
+        ("precision", _loss_scaled(old), _loss_scaled(new)),
     ]
     return [f"--{name}: {a!r} -> {b!r}" for name, a, b in fields if a != b]

@@ -99,9 +99,8 @@ def setup_runtime(config: Config) -> tf.distribute.Strategy:
     keras.utils.set_random_seed(config.runtime.seed)
     # Set every time: Keras keeps the policy process-wide. Logits, losses and
     # statistics stay float32 (the models' output layers are float32; losses cast).
-    keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if config.runtime.precision == "mixed_bfloat16" else "float32"
-    )
+    precision = config.runtime.precision
+    keras.mixed_precision.set_global_policy("float32" if precision == "fp32" else precision)
     return strategy
 
 

@@ -88,8 +88,9 @@ class Trainer:
         with self.strategy.scope():
             self.tap = build_feature_tap(discriminator, self.fm_layers)
             opt = config.optimizer
-            self.g_optimizer = keras.optimizers.Adam(opt.g_lr, opt.beta1, opt.beta2)
-            self.d_optimizer = keras.optimizers.Adam(opt.d_lr, opt.beta1, opt.beta2)
+            self.loss_scaled = config.runtime.precision == "mixed_float16"
+            self.g_optimizer = self._optimizer(opt.g_lr)
+            self.d_optimizer = self._optimizer(opt.d_lr)
             # Built eagerly: a lazy build inside tf.function + strategy.run fails.
             self.g_optimizer.build(generator.trainable_variables)
             self.d_optimizer.build(discriminator.trainable_variables)
@@ -156,6 +157,29 @@ class Trainer:
         names += ["d_out/real_logit", "d_out/fake_logit", "d_out/real_prob", "d_out/fake_prob"]
         return names
 
+    def _optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
+        opt = self.config.optimizer
+        adam = keras.optimizers.Adam(learning_rate, opt.beta1, opt.beta2)
+        if not self.loss_scaled:
+            return adam
+        # Dynamic loss scaling: float16 gradients underflow without it. Its finite check
+        # reads one replica's gradients only; _apply makes the verdict global first.
+        return keras.optimizers.LossScaleOptimizer(adam)
+
+    def _apply(self, optimizer, grads, variables) -> None:
+        if self.loss_scaled:
+            # LossScaleOptimizer checks only the first replica's gradients for inf/NaN
+            # (DESIGN.md): a step that overflows on another replica would be applied.
+            # All-reduce the verdict, and poison every replica's gradients when any
+            # replica's are non-finite, so the step is skipped (and the scale halved)
+            # everywhere.
+            local = [tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads]
+            ctx = tf.distribute.get_replica_context()
+            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.add_n(local))
+            poison = tf.where(bad > 0, np.nan, 0.0)
+            grads = [g + tf.cast(poison, g.dtype) for g in grads]
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+
     def _make_fm_target(self) -> tf.Module | None:
         if self.config.loss.fm_target != "ema" or not self.fm_layers:
             return None
@@ -218,8 +242,7 @@ class Trainer:
         if self.config.loss.gp_weight:
             alpha = self._noise(step, k, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
         grads, metrics = self._d_loss_and_grads(real, z, alpha)
-        d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(grads, d_vars, strict=True))
+        self._apply(self.d_optimizer, grads, self.discriminator.trainable_variables)
         return metrics
 
     def _discriminator_loss_and_grads(self, real, z, alpha):
@@ -251,6 +274,7 @@ class Trainer:
                 per_example += cfg.gp_weight * gp
                 terms["loss/d_gp"] = gp
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            loss = self._scaled(self.d_optimizer, loss)
         grads = tape.gradient(loss, d_vars)
         metrics = {name: tf.reduce_mean(v) for name, v in terms.items()}
         metrics["loss/d"] = tf.reduce_mean(per_example)
@@ -260,6 +284,10 @@ class Trainer:
         metrics["d_out/fake_prob"] = tf.reduce_mean(tf.sigmoid(fake_logits))
         return grads, metrics
 
+    def _scaled(self, optimizer, loss: tf.Tensor) -> tf.Tensor:
+        """The loss times the dynamic loss scale (mixed_float16), else the loss."""
+        return optimizer.scale_loss(loss) if self.loss_scaled else loss
+
     def _generator_update(self, real, step) -> dict:
         k = self.config.optimizer.d_steps
         z = self._noise(step, k, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
@@ -267,8 +295,7 @@ class Trainer:
         if self.fm_layers:  # Targets need no gradient: computed outside the tape.
             targets = self._fm_targets(self._feature_means(self.tap(real, training=True)))
         grads, metrics = self._g_loss_and_grads(targets, z)
-        g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(grads, g_vars, strict=True))
+        self._apply(self.g_optimizer, grads, self.generator.trainable_variables)
         return metrics
 
     def _generator_loss_and_grads(self, targets, z):
@@ -292,6 +319,7 @@ class Trainer:
                 loss += cfg.fm_weight * fm / tf.cast(replicas, tf.float32)
                 metrics["loss/g_fm"] = fm
                 metrics.update({f"loss/g_fm/{n}": v for n, v in per_layer.items()})
+            loss = self._scaled(self.g_optimizer, loss)
         grads = tape.gradient(loss, g_vars)
         fm_total = cfg.fm_weight * metrics.get("loss/g_fm", 0.0)
         metrics["loss/g"] = fm_total + (0.0 if cfg.fm_only else metrics["loss/g_adv"])
