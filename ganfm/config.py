@@ -20,6 +20,7 @@ FM_TARGETS = ("batch", "ema")
 FM_STATS = ("global", "local")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 COLLECTIVES = ("auto", "ring", "nccl")
+UPDATES = ("alternating", "simultaneous")
 PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "synthetic")
 DATASET_PREFIXES = ("tfds:", "folder:")
@@ -67,6 +68,10 @@ class OptimizerConfig:
     beta2: float = 0.999
     d_steps: int = 1
     ema_decay: float = 0.999
+    # alternating: D is updated, then G against the updated D (Goodfellow et al. 2014;
+    # Salimans et al. 2016). simultaneous: both from one forward pass, as in the
+    # TensorFlow DCGAN tutorial: about 20% fewer FLOPs per step.
+    update: str = "alternating"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +261,15 @@ def _validate(config: Config) -> None:
     _fraction("beta1", opt.beta1)
     _fraction("beta2", opt.beta2)
     _require(opt.d_steps >= 1, f"--d_steps={opt.d_steps} must be >= 1")
+    _require(
+        opt.update in UPDATES,
+        f"--update={opt.update!r} is unknown; use one of {', '.join(UPDATES)}",
+    )
+    _require(
+        opt.update == "alternating" or opt.d_steps == 1,
+        f"--update=simultaneous makes one D and one G update per step; "
+        f"drop --d_steps={opt.d_steps}",
+    )
     _fraction("ema_decay", opt.ema_decay)
 
     _require(loop.model_dir != "", "--model_dir is empty; give a directory for the run")

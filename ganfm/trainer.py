@@ -1,7 +1,8 @@
 """Owns the models, optimizers and global step; runs the distributed train step.
 
 A step is --d_steps discriminator updates followed by one generator update (DESIGN.md,
-decision 1). `train(iterator, n)` runs n steps inside one tf.function (a tf.range loop,
+decision 1), or with --update=simultaneous one update of each from the same forward
+pass. `train(iterator, n)` runs n steps inside one tf.function (a tf.range loop,
 n passed as a tensor so changing it does not retrace) and returns the measurements
 averaged over those steps and over the global batch.
 
@@ -100,6 +101,7 @@ class Trainer:
             e.assign(v)
         self._d_loss_and_grads = self._discriminator_loss_and_grads
         self._g_loss_and_grads = self._generator_loss_and_grads
+        self._both_loss_and_grads = self._simultaneous_loss_and_grads
         if config.runtime.jit_compile and not isinstance(self.strategy, tf.distribute.TPUStrategy):
             # XLA around the loss and gradients only: around strategy.run it fails on
             # logical CPU devices, and optimizer updates gain little from it. (TPUStrategy
@@ -113,6 +115,7 @@ class Trainer:
                 )
             self._d_loss_and_grads = tf.function(self._d_loss_and_grads, jit_compile=True)
             self._g_loss_and_grads = tf.function(self._g_loss_and_grads, jit_compile=True)
+            self._both_loss_and_grads = tf.function(self._both_loss_and_grads, jit_compile=True)
         self._loop = tf.function(self._loop_fn)
 
     # -- construction checks -------------------------------------------------------
@@ -247,42 +250,47 @@ class Trainer:
 
     def _discriminator_loss_and_grads(self, real, z, alpha):
         """Discriminator loss, penalties and gradients: the part --jit_compile compiles."""
-        cfg = self.config.loss
-        d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             # A user generator may compute in bfloat16: images meet real ones in float32.
             fake = tf.cast(self.generator(z, training=True), real.dtype)
-            with tf.GradientTape(watch_accessed_variables=False) as r1_tape:
-                r1_tape.watch(real)
-                real_logits = self.tap(real, training=True)[LOGITS]
-                real_logit_sum = tf.reduce_sum(real_logits)  # Recorded: R1 needs its gradient.
-            fake_logits = self.tap(fake, training=True)[LOGITS]
-            d_adv = self.d_loss_fn(real_logits, fake_logits)
-            per_example = d_adv
-            terms = {"loss/d_adv": d_adv}
-            if cfg.r1_weight:
-                grads = r1_tape.gradient(real_logit_sum, real)
-                r1 = losses.r1_penalty(grads)
-                per_example += cfg.r1_weight * r1
-                terms["loss/d_r1"] = r1
-            if cfg.gp_weight:
-                interp = real + alpha * (tf.stop_gradient(fake) - real)
-                with tf.GradientTape(watch_accessed_variables=False) as gp_tape:
-                    gp_tape.watch(interp)
-                    interp_logits = self.tap(interp, training=True)[LOGITS]
-                gp = losses.gradient_penalty(gp_tape.gradient(interp_logits, interp))
-                per_example += cfg.gp_weight * gp
-                terms["loss/d_gp"] = gp
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-            loss = self._scaled(self.d_optimizer, loss)
-        grads = tape.gradient(loss, d_vars)
+            loss, metrics, _, _ = self._discriminator_loss(real, fake, alpha)
+        return tape.gradient(loss, self.discriminator.trainable_variables), metrics
+
+    def _discriminator_loss(self, real, fake, alpha):
+        """(scaled loss, metrics, real tap outputs, fake tap outputs); one tap call per
+        image set gives the logits and every tapped activation."""
+        cfg = self.config.loss
+        with tf.GradientTape(watch_accessed_variables=False) as r1_tape:
+            r1_tape.watch(real)
+            real_out = self.tap(real, training=True)
+            real_logits = real_out[LOGITS]
+            real_logit_sum = tf.reduce_sum(real_logits)  # Recorded: R1 needs its gradient.
+        fake_out = self.tap(fake, training=True)
+        fake_logits = fake_out[LOGITS]
+        d_adv = self.d_loss_fn(real_logits, fake_logits)
+        per_example = d_adv
+        terms = {"loss/d_adv": d_adv}
+        if cfg.r1_weight:
+            grads = r1_tape.gradient(real_logit_sum, real)
+            r1 = losses.r1_penalty(grads)
+            per_example += cfg.r1_weight * r1
+            terms["loss/d_r1"] = r1
+        if cfg.gp_weight:
+            interp = real + alpha * (tf.stop_gradient(fake) - real)
+            with tf.GradientTape(watch_accessed_variables=False) as gp_tape:
+                gp_tape.watch(interp)
+                interp_logits = self.tap(interp, training=True)[LOGITS]
+            gp = losses.gradient_penalty(gp_tape.gradient(interp_logits, interp))
+            per_example += cfg.gp_weight * gp
+            terms["loss/d_gp"] = gp
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
         metrics = {name: tf.reduce_mean(v) for name, v in terms.items()}
         metrics["loss/d"] = tf.reduce_mean(per_example)
         metrics["d_out/real_logit"] = tf.reduce_mean(real_logits)
         metrics["d_out/fake_logit"] = tf.reduce_mean(fake_logits)
         metrics["d_out/real_prob"] = tf.reduce_mean(tf.sigmoid(real_logits))
         metrics["d_out/fake_prob"] = tf.reduce_mean(tf.sigmoid(fake_logits))
-        return grads, metrics
+        return self._scaled(self.d_optimizer, loss), metrics, real_out, fake_out
 
     def _scaled(self, optimizer, loss: tf.Tensor) -> tf.Tensor:
         """The loss times the dynamic loss scale (mixed_float16), else the loss."""
@@ -301,32 +309,62 @@ class Trainer:
     def _generator_loss_and_grads(self, targets, z):
         """Generator loss (adversarial + feature matching) and gradients: the part
         --jit_compile compiles."""
-        cfg = self.config.loss
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        g_vars = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             fake_out = self.tap(self.generator(z, training=True), training=True)
-            g_adv = self.g_loss_fn(fake_out[LOGITS])
-            loss = 0.0
-            if not cfg.fm_only:
-                loss = tf.nn.compute_average_loss(g_adv, global_batch_size=self.global_batch)
-            metrics = {"loss/g_adv": tf.reduce_mean(g_adv)}
-            if self.fm_layers:
-                fm, per_layer = losses.feature_matching_loss(
-                    targets, self._feature_means(fake_out), self.fm_layer_weights, cfg.fm_distance
-                )
-                # Same value on every replica: see the module docstring for the 1/N.
-                loss += cfg.fm_weight * fm / tf.cast(replicas, tf.float32)
-                metrics["loss/g_fm"] = fm
-                metrics.update({f"loss/g_fm/{n}": v for n, v in per_layer.items()})
-            loss = self._scaled(self.g_optimizer, loss)
-        grads = tape.gradient(loss, g_vars)
+            loss, metrics = self._generator_loss(fake_out, targets)
+        return tape.gradient(loss, self.generator.trainable_variables), metrics
+
+    def _generator_loss(self, fake_out: dict, targets: dict):
+        """(scaled loss, metrics) from the tap's outputs on generated images."""
+        cfg = self.config.loss
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        g_adv = self.g_loss_fn(fake_out[LOGITS])
+        loss = 0.0
+        if not cfg.fm_only:
+            loss = tf.nn.compute_average_loss(g_adv, global_batch_size=self.global_batch)
+        metrics = {"loss/g_adv": tf.reduce_mean(g_adv)}
+        if self.fm_layers:
+            fm, per_layer = losses.feature_matching_loss(
+                targets, self._feature_means(fake_out), self.fm_layer_weights, cfg.fm_distance
+            )
+            # Same value on every replica: see the module docstring for the 1/N.
+            loss += cfg.fm_weight * fm / tf.cast(replicas, tf.float32)
+            metrics["loss/g_fm"] = fm
+            metrics.update({f"loss/g_fm/{n}": v for n, v in per_layer.items()})
         fm_total = cfg.fm_weight * metrics.get("loss/g_fm", 0.0)
         metrics["loss/g"] = fm_total + (0.0 if cfg.fm_only else metrics["loss/g_adv"])
-        return grads, metrics
+        return self._scaled(self.g_optimizer, loss), metrics
+
+    def _simultaneous_update(self, real, step) -> dict:
+        """--update=simultaneous: D and G gradients from one forward pass (the
+        TensorFlow DCGAN tutorial's step, plus feature matching)."""
+        z = self._noise(step, 0, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
+        alpha = None
+        if self.config.loss.gp_weight:
+            alpha = self._noise(step, 0, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
+        d_grads, g_grads, metrics = self._both_loss_and_grads(real, z, alpha)
+        self._apply(self.d_optimizer, d_grads, self.discriminator.trainable_variables)
+        self._apply(self.g_optimizer, g_grads, self.generator.trainable_variables)
+        return metrics
+
+    def _simultaneous_loss_and_grads(self, real, z, alpha):
+        with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape:
+            fake = tf.cast(self.generator(z, training=True), real.dtype)
+            d_loss, metrics, real_out, fake_out = self._discriminator_loss(real, fake, alpha)
+            targets = {}
+            if self.fm_layers:  # The real side is a target: no gradient.
+                real_features = {n: tf.stop_gradient(real_out[n]) for n in self.fm_layers}
+                targets = self._fm_targets(self._feature_means(real_features))
+            g_loss, g_metrics = self._generator_loss(fake_out, targets)
+        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
+        g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
+        return d_grads, g_grads, {**metrics, **g_metrics}
 
     def _replica_step(self, batches) -> tf.Tensor:
         step = self.step.read_value()
+        if self.config.optimizer.update == "simultaneous":
+            metrics = self._simultaneous_update(batches[0], step)
+            return tf.stack([tf.cast(metrics[n], tf.float32) for n in self.metric_names])
         d_steps = self.config.optimizer.d_steps
         updates = [self._discriminator_update(batches[k], step, k) for k in range(d_steps)]
         metrics = {name: tf.add_n([u[name] for u in updates]) / d_steps for name in updates[0]}

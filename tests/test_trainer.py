@@ -84,6 +84,31 @@ def test_replica_count_does_not_change_what_is_learned(tiny, replicas, loss):
     assert max_difference(a, b) <= 1e-5
 
 
+def test_simultaneous_update_shares_alternatings_d_step_and_not_its_g_step(tiny):
+    """Step 1's D update is the same in both schemes (same noise, same G); the G update
+    differs (alternating: against the updated D, with fresh noise). Two replicas
+    learn what one does."""
+    loop = dict(train_steps=1, steps_per_loop=1, summary_every=1, checkpoint_every=1)
+    loss = dict(fm_layers=("block0_act", "features"))
+    alternating = tiny(loop=loop, loss=loss)
+    simultaneous = tiny(loop=loop, loss=loss, optimizer=dict(update="simultaneous"))
+    two = simultaneous.replace(
+        loop=dict(model_dir=simultaneous.loop.model_dir + "_2"),
+        runtime=dict(strategy="mirrored", cpu_replicas=2),
+    )
+    for config in (alternating, simultaneous, two):
+        train_lib.run(config)
+    a, s, s2 = (checkpoint_values(c.loop.model_dir) for c in (alternating, simultaneous, two))
+    assert max_difference(a, s, "d_optimizer/_trainable_variables") == 0.0
+    assert max_difference(a, s, "g_optimizer/_trainable_variables") > 1e-5
+    assert max_difference(s, s2) <= 1e-5
+
+
+def test_simultaneous_update_needs_one_d_step(tiny):
+    with pytest.raises(ConfigError, match="drop --d_steps=2"):
+        tiny(optimizer=dict(update="simultaneous", d_steps=2)).validate()
+
+
 @pytest.mark.slow
 def test_local_feature_statistics_depend_on_the_replica_count(tiny):
     """--fm_stats=local equals global on one replica, and differs on two."""
@@ -187,6 +212,10 @@ def test_every_replicated_variable_is_equal_on_all_replicas(tiny):
         dict(loss=dict(fm_layers=(), r1_weight=1.0)),
         dict(optimizer=dict(d_steps=2)),
         dict(data=dict(dataset="synthetic", image_size=16, channels=3)),
+        dict(
+            optimizer=dict(update="simultaneous"),
+            loss=dict(fm_target="ema", adv_loss="wasserstein", gp_weight=1.0, r1_weight=1.0),
+        ),
     ],
     ids=[
         "minimax",
@@ -199,6 +228,7 @@ def test_every_replicated_variable_is_equal_on_all_replicas(tiny):
         "no_fm_r1",
         "d2",
         "rgb16",
+        "simultaneous_ema_gp_r1",
     ],
 )
 def test_every_loss_option_trains_with_finite_measurements(tiny, sections):
