@@ -56,6 +56,17 @@ def test_quick_benchmark_prints_every_section(tmp_path):
     assert all(r["peak_memory_mib"] > 100 for r in figures["scaling"])
 
 
+@pytest.mark.slow
+def test_replica_scaling_runs_on_logical_cpus():
+    """The GPU scaling section, exercised on two logical CPUs."""
+    result = run_python(
+        "-m", "ganfm.bench", "--quick", "--sections=replicas", "--cpu_replicas=2", timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("replicas:")]
+    assert len(lines) == 2 and "2 x logical CPU" in lines[1] and "scaling efficiency" in lines[1]
+
+
 def test_bad_sections_are_one_line_errors():
     result = run_python("-m", "ganfm.bench", "--sections=core,nope")
     assert result.returncode == 2
