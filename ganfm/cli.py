@@ -11,7 +11,14 @@ from typing import NoReturn
 from absl import flags, logging
 
 from ganfm.config import CONFIG_FILE
-from ganfm.errors import EXIT_DIVERGED, EXIT_USER_ERROR, ConfigError, TrainingDiverged
+from ganfm.errors import (
+    EXIT_DIVERGED,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    ConfigError,
+    Preempted,
+    TrainingDiverged,
+)
 
 
 def fail(message: object, code: int = EXIT_USER_ERROR) -> NoReturn:
@@ -37,13 +44,15 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turns ConfigError and TrainingDiverged raised inside into a clean exit."""
+    """Turns ConfigError, TrainingDiverged and Preempted raised inside into a clean exit."""
     try:
         yield
     except ConfigError as e:
         fail(e)
     except TrainingDiverged as e:
         fail(e, EXIT_DIVERGED)
+    except Preempted as e:
+        fail(e, EXIT_PREEMPTED)
 
 
 def require_run(model_dir: str | None) -> None:

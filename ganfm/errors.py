@@ -9,5 +9,10 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; nothing after the last good checkpoint was saved."""
 
 
+class Preempted(Exception):
+    """SIGTERM: every worker saved a checkpoint at the reported step and stops."""
+
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 42  # TensorFlow PreemptionCheckpointHandler's code.

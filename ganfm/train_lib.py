@@ -18,7 +18,8 @@ from tensorflow.io import gfile
 
 from ganfm import checkpointing, data, distribute, images, models
 from ganfm.config import CONFIG_FILE, Config, architecture_differences
-from ganfm.errors import ConfigError, TrainingDiverged
+from ganfm.errors import ConfigError, Preempted, TrainingDiverged
+from ganfm.preemption import PreemptionWatch
 from ganfm.progress import Progress
 from ganfm.statistics_step import StatisticsStep, constants
 from ganfm.summaries import Summaries
@@ -281,46 +282,59 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     window = _Window()
     metrics: dict[str, float] = {}
     profiler = _Profiler(loop.profile_steps, loop.model_dir, enabled=chief)
-    while step < loop.train_steps:
-        count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
-        profiler.before(step)
-        metrics = trainer.train(iterator, count)
-        profiler.after(step + count)
-        first, step = step + 1, step + count
-        _check_finite(metrics, first, step, checkpoints.last_saved)
-        progress.update(step)
-        window.add(metrics, count)
-        last = step == loop.train_steps
-        summary_due = step % loop.summary_every == 0 or last
-        if summary_due:
-            seconds = time.perf_counter() - window.started
-            speed = window.steps * images_per_step / max(seconds, 1e-9)
-            seconds_per_step = seconds / max(window.steps, 1)
-            summaries.scalars(
-                step,
-                {
-                    **window.means(),
-                    **constants(trainer),
-                    "perf/images_per_second": speed,
-                    "perf/steps_per_second": 1.0 / max(seconds_per_step, 1e-9),
-                    "perf/seconds_per_step": seconds_per_step,
-                },
-            )
-            summaries.values(step, statistics.run(stats_batch))  # Every worker takes part.
-            if chief:
-                grid = _sample_grid(trainer, noise)
-                summaries.image(step, "samples/ema", grid)
-                images.write_png(samples_path, images.upscale(grid))
-            window.reset()
-        if summary_due or progress.due(PRINT_EVERY_SECONDS):
-            print(progress.line(step, metrics), flush=True)
-        eval_due = loop.eval_every > 0 and (step % loop.eval_every == 0 or last)
-        if step % loop.checkpoint_every == 0 or last or eval_due:
-            checkpoints.save(step)  # Every worker: saving is collective.
-        if eval_due and evaluation is not None:
-            values = evaluation.run(step, checkpoints.last_saved)
-            summaries.scalars(step, values)
-            print(evaluation.line(step, values), flush=True)
+    saved_step = step  # Restored from (or nothing to lose yet).
+    with PreemptionWatch(strategy) as preemption:
+        while step < loop.train_steps:
+            count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
+            profiler.before(step)
+            metrics = trainer.train(iterator, count)
+            profiler.after(step + count)
+            first, step = step + 1, step + count
+            _check_finite(metrics, first, step, checkpoints.last_saved)
+            progress.update(step)
+            window.add(metrics, count)
+            last = step == loop.train_steps
+            summary_due = step % loop.summary_every == 0 or last
+            if summary_due:
+                seconds = time.perf_counter() - window.started
+                speed = window.steps * images_per_step / max(seconds, 1e-9)
+                seconds_per_step = seconds / max(window.steps, 1)
+                summaries.scalars(
+                    step,
+                    {
+                        **window.means(),
+                        **constants(trainer),
+                        "perf/images_per_second": speed,
+                        "perf/steps_per_second": 1.0 / max(seconds_per_step, 1e-9),
+                        "perf/seconds_per_step": seconds_per_step,
+                    },
+                )
+                summaries.values(step, statistics.run(stats_batch))  # Every worker takes part.
+                if chief:
+                    grid = _sample_grid(trainer, noise)
+                    summaries.image(step, "samples/ema", grid)
+                    images.write_png(samples_path, images.upscale(grid))
+                window.reset()
+            if summary_due or progress.due(PRINT_EVERY_SECONDS):
+                print(progress.line(step, metrics), flush=True)
+            eval_due = loop.eval_every > 0 and (step % loop.eval_every == 0 or last)
+            if step % loop.checkpoint_every == 0 or last or eval_due:
+                checkpoints.save(step)  # Every worker: saving is collective.
+                saved_step = step
+            if eval_due and evaluation is not None:
+                values = evaluation.run(step, checkpoints.last_saved)
+                summaries.scalars(step, values)
+                print(evaluation.line(step, values), flush=True)
+            if not last and preemption.requested():  # Collective on clusters.
+                if saved_step != step:
+                    checkpoints.save(step)
+                where = checkpoints.latest if chief else "the chief's --model_dir"
+                profiler.after(step, final=True)
+                summaries.close()
+                raise Preempted(
+                    f"SIGTERM: stopped at step {step} with a checkpoint ({where}); run the "
+                    "same command again to resume there"
+                )
     profiler.after(step, final=True)
     summaries.close()
     where = (

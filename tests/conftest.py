@@ -4,6 +4,7 @@ tests can run several replicas on a CPU-only machine, and gives tiny run configs
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -35,6 +36,17 @@ def run_python(*args, timeout=600, **env):
         text=True,
         timeout=timeout,
     )
+
+
+def free_ports(n):
+    """n free TCP ports on 127.0.0.1 (for worker processes)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def checkpoint_values(model_dir_or_path) -> dict:

@@ -3,7 +3,6 @@ configuration errors, synchronized batch norm and the XLA-compiled step."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,20 +12,17 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO, SMOKE_FLAGS, checkpoint_values, max_difference, run_python
+from conftest import (
+    REPO,
+    SMOKE_FLAGS,
+    checkpoint_values,
+    free_ports,
+    max_difference,
+    run_python,
+)
 from ganfm import data, distribute, models, train_lib
 from ganfm.config import Config, ConfigError, DataConfig, RuntimeConfig
 from ganfm.trainer import Trainer
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_workers(tmp_path, flags, count=2, timeout=600):

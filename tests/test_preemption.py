@@ -1,0 +1,132 @@
+"""SIGTERM at a random moment: exit 42 with a checkpoint at the reported step, and a
+relaunch ends with the weights of an uninterrupted run, on one process and on two
+worker processes (the signal reaching only one of them)."""
+
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import (
+    REPO,
+    SMOKE_FLAGS,
+    checkpoint_values,
+    free_ports,
+    max_difference,
+    run_python,
+)
+from ganfm.errors import EXIT_PREEMPTED
+
+STEPS = 600
+FLAGS = [
+    f"--flagfile={SMOKE_FLAGS}",
+    f"--train_steps={STEPS}",
+    "--steps_per_loop=2",
+    "--summary_every=200",
+    "--checkpoint_every=200",
+]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def start(args, tmpdir=None):
+    env = {**ENV, "TMPDIR": str(tmpdir)} if tmpdir else ENV
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_training(proc):
+    """Reads stdout until the 'Training ...' line: the loop is about to start."""
+    for line in proc.stdout:
+        if line.startswith("Training "):
+            return
+    raise AssertionError(proc.stderr.read()[-3000:])
+
+
+def stopped_step(stderr: str) -> int:
+    match = re.search(r"SIGTERM: stopped at step (\d+) with a checkpoint", stderr)
+    assert match, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("train.py: error: SIGTERM")
+    return int(match.group(1))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_a_relaunch_matches_an_uninterrupted_run(tmp_path):
+    delay = random.uniform(0.0, 2.0)
+    run = [*FLAGS, f"--model_dir={tmp_path / 'run'}"]
+    proc = start(run)
+    wait_for_training(proc)
+    time.sleep(delay)
+    proc.terminate()  # SIGTERM
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, (delay, stderr[-3000:])
+    step = stopped_step(stderr)
+    assert 0 < step < STEPS, (delay, step)
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / f"ckpt-{step}.index")
+    resumed = run_python("train.py", *run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {tmp_path / 'run' / 'checkpoints' / f'ckpt-{step}'}" in resumed.stdout
+    whole = run_python("train.py", *FLAGS, f"--model_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert (
+        max_difference(checkpoint_values(tmp_path / "run"), checkpoint_values(tmp_path / "whole"))
+        <= 1e-6
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(tmp_path):
+    model_dir = tmp_path / "shared"  # One --model_dir, as on a shared file system.
+
+    def launch():
+        hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+        procs = []
+        for i in range(2):
+            scratch = tmp_path / f"tmp{i}"
+            scratch.mkdir(exist_ok=True)
+            args = [
+                *FLAGS,
+                "--strategy=multi_worker",
+                f"--worker_hosts={hosts}",
+                f"--task_index={i}",
+                f"--model_dir={model_dir}",
+            ]
+            procs.append(start(args, scratch))
+        return procs
+
+    procs = launch()
+    for proc in procs:
+        wait_for_training(proc)
+    time.sleep(random.uniform(0.0, 2.0))
+    procs[1].terminate()  # The non-chief only: the chief learns of it by all-reduce.
+    results = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [EXIT_PREEMPTED] * 2, [r[1][-2000:] for r in results]
+    steps = {stopped_step(stderr) for _, stderr in results}
+    assert len(steps) == 1
+    step = steps.pop()
+    assert os.path.exists(model_dir / "checkpoints" / f"ckpt-{step}.index")
+    procs = launch()
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
+    assert all(f"ckpt-{step}" in out for out, _ in results)
+    single = run_python(
+        "train.py",
+        *FLAGS,
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        f"--model_dir={tmp_path / 'single'}",
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert (
+        max_difference(checkpoint_values(model_dir), checkpoint_values(tmp_path / "single")) <= 1e-5
+    )
