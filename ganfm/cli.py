@@ -15,9 +15,11 @@ from ganfm.errors import (
     EXIT_DIVERGED,
     EXIT_PREEMPTED,
     EXIT_USER_ERROR,
+    EXIT_WORKER_LOST,
     ConfigError,
     Preempted,
     TrainingDiverged,
+    WorkerLost,
 )
 
 
@@ -44,7 +46,7 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turns ConfigError, TrainingDiverged and Preempted raised inside into a clean exit."""
+    """Turns the errors of ganfm.errors raised inside into one line and their exit code."""
     try:
         yield
     except ConfigError as e:
@@ -53,6 +55,8 @@ def user_errors():
         fail(e, EXIT_DIVERGED)
     except Preempted as e:
         fail(e, EXIT_PREEMPTED)
+    except WorkerLost as e:
+        fail(e, EXIT_WORKER_LOST)
 
 
 def require_run(model_dir: str | None) -> None:

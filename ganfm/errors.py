@@ -13,6 +13,11 @@ class Preempted(Exception):
     """SIGTERM: every worker saved a checkpoint at the reported step and stops."""
 
 
+class WorkerLost(RuntimeError):
+    """A worker of a multi-worker job died; the job must be relaunched to resume."""
+
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_WORKER_LOST = 4
 EXIT_PREEMPTED = 42  # TensorFlow PreemptionCheckpointHandler's code.

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -18,7 +19,7 @@ from tensorflow.io import gfile
 
 from ganfm import checkpointing, data, distribute, images, models
 from ganfm.config import CONFIG_FILE, Config, architecture_differences
-from ganfm.errors import ConfigError, Preempted, TrainingDiverged
+from ganfm.errors import ConfigError, Preempted, TrainingDiverged, WorkerLost
 from ganfm.preemption import PreemptionWatch
 from ganfm.progress import Progress
 from ganfm.statistics_step import StatisticsStep, constants
@@ -283,7 +284,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     metrics: dict[str, float] = {}
     profiler = _Profiler(loop.profile_steps, loop.model_dir, enabled=chief)
     saved_step = step  # Restored from (or nothing to lose yet).
-    with PreemptionWatch(strategy) as preemption:
+    with PreemptionWatch(strategy) as preemption, _worker_loss(strategy, checkpoints):
         while step < loop.train_steps:
             count = min(loop.steps_per_loop - step % loop.steps_per_loop, loop.train_steps - step)
             profiler.before(step)
@@ -348,6 +349,25 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
         flush=True,
     )
     return metrics
+
+
+@contextlib.contextmanager
+def _worker_loss(strategy, checkpoints: checkpointing.Checkpointer):
+    """A dead peer makes collectives fail after ~10 s of missed heartbeats: turn that
+    into one line that says to relaunch (every worker, same command)."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+        if distribute.num_workers(strategy) <= 1:
+            raise
+        lines = [line.strip() for line in str(e.message).splitlines() if line.strip()]
+        unhealthy = [line for line in lines if "/job:" in line and "unhealthy" not in line]
+        cause = f"unhealthy: {unhealthy[0]}" if unhealthy else (lines or [""])[0][:120]
+        resume = checkpoints.last_saved or "the start (no checkpoint yet)"
+        raise WorkerLost(
+            f"another worker of this job stopped responding ({type(e).__name__}: {cause}); "
+            f"relaunch every worker with the same command to resume from {resume}"
+        ) from None
 
 
 def weights_checksum(trainer: Trainer) -> float:

@@ -19,7 +19,7 @@ from conftest import (
     max_difference,
     run_python,
 )
-from ganfm.errors import EXIT_PREEMPTED
+from ganfm.errors import EXIT_PREEMPTED, EXIT_WORKER_LOST
 
 STEPS = 600
 FLAGS = [
@@ -130,3 +130,35 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(tmp_path):
     assert (
         max_difference(checkpoint_values(model_dir), checkpoint_values(tmp_path / "single")) <= 1e-5
     )
+
+
+@pytest.mark.slow
+def test_a_lost_worker_stops_the_other_within_a_minute(tmp_path):
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    procs = []
+    for i in range(2):
+        scratch = tmp_path / f"tmp{i}"
+        scratch.mkdir()
+        args = [
+            *FLAGS,
+            "--train_steps=100000",
+            "--strategy=multi_worker",
+            f"--worker_hosts={hosts}",
+            f"--task_index={i}",
+            f"--model_dir={tmp_path / 'run'}",
+        ]
+        procs.append(start(args, scratch))
+    for proc in procs:
+        wait_for_training(proc)
+    time.sleep(random.uniform(0.5, 2.0))
+    procs[1].kill()  # SIGKILL: no goodbye.
+    killed = time.monotonic()
+    _, stderr = procs[0].communicate(timeout=120)
+    waited = time.monotonic() - killed
+    procs[1].communicate()
+    assert procs[0].returncode == EXIT_WORKER_LOST, stderr[-3000:]
+    assert waited < 60, waited
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: another worker of this job stopped responding")
+    assert "relaunch every worker with the same command to resume from" in last
+    assert "unhealthy: /job:worker/replica:0/task:1" in last, last
