@@ -141,6 +141,14 @@ flags.DEFINE_string(
     D.loop.classifier_cache,
     "Where domain classifiers are cached; empty: $GANFM_CACHE or ~/.cache/ganfm.",
 )
+flags.DEFINE_enum(
+    "nan_policy",
+    D.loop.nan_policy,
+    cfg.NAN_POLICIES,
+    "A NaN/Inf loss or gradient on any replica: stop (exit 3; that update is not applied "
+    "and nothing after the last good checkpoint is saved) or skip_step (skip that D or G "
+    "update everywhere, count it in TensorBoard as nan/skipped_*, go on).",
+)
 flags.DEFINE_list(
     "stats_layers",
     [],
@@ -253,6 +261,7 @@ def config_from_flags() -> cfg.Config:
             f.eval_every,
             f.eval_samples,
             f.classifier_cache,
+            f.nan_policy,
         ),
         runtime=cfg.RuntimeConfig(
             strategy=f.strategy,

@@ -6,6 +6,7 @@ replica's copy of each variable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import tempfile
 
 import tensorflow as tf
 
-from ganfm.errors import ConfigError
+from ganfm.errors import ConfigError, WriteFailed
 
 CHECKPOINT_SUBDIR = "checkpoints"
 BEST_SUBDIR = "best"
@@ -62,7 +63,7 @@ class Checkpointer:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise ConfigError(
-                    f"checkpoint {path} does not fit these models ({_first_line(e)}); "
+                    f"checkpoint {path} does not fit these models ({first_line(e)}); "
                     "use a new --model_dir or the settings the run was started with"
                 ) from None
         self.last_saved = path
@@ -70,7 +71,26 @@ class Checkpointer:
 
     def save(self, step: int) -> str | None:
         if self.chief:
-            self.last_saved = self._manager.save(checkpoint_number=step)
+            try:
+                self.last_saved = self._manager.save(checkpoint_number=step)
+            except (OSError, tf.errors.OpError) as e:
+                # The manager names a checkpoint in its state file only once it is
+                # complete: the previous one is still the latest. Drop the pieces.
+                partial = os.path.join(self.directory, f"ckpt-{step}")
+                for leftover in tf.io.gfile.glob(partial + ".*") + tf.io.gfile.glob(
+                    partial + "_temp*"
+                ):
+                    with contextlib.suppress(OSError, tf.errors.OpError):
+                        if tf.io.gfile.isdir(leftover):
+                            tf.io.gfile.rmtree(leftover)
+                        else:
+                            tf.io.gfile.remove(leftover)
+                kept = self.last_saved or "none was saved yet"
+                raise WriteFailed(
+                    f"could not write checkpoint {partial} ({write_error_cause(e)}); the previous "
+                    f"checkpoint ({kept}) is intact; free space or fix --model_dir, then "
+                    "run the same command to resume"
+                ) from None
             return self.last_saved
         scratch = tempfile.mkdtemp(prefix="ganfm-worker-checkpoint-")
         try:
@@ -83,7 +103,25 @@ class Checkpointer:
         return None
 
 
-def _first_line(error: Exception, limit: int = 200) -> str:
+_FILE_SYSTEM_CAUSES = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Read-only file system",
+    "Permission denied",
+    "File too large",
+)
+
+
+def write_error_cause(error: Exception) -> str:
+    """The file system's reason in a failed write ("No space left on device"), which
+    TensorFlow buries at the end of a long message; else the first line."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    return next((c for c in _FILE_SYSTEM_CAUSES if c in text), None) or first_line(error)
+
+
+def first_line(error: Exception, limit: int = 200) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -169,6 +207,6 @@ def restore_ema_generator(model_dir: str, generator, which: str = LATEST) -> str
     except (AssertionError, ValueError) as e:
         raise ConfigError(
             f"the EMA generator in {path} does not fit the generator built from "
-            f"config.json ({_first_line(e)})"
+            f"config.json ({first_line(e)})"
         ) from None
     return path

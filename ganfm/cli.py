@@ -1,5 +1,6 @@
 """Shared command-line plumbing: absl flag errors and user errors become one line on
-stderr and exit code 2 (3 for a diverged run), never a traceback."""
+stderr and exit code 2 (others for a run that stopped: see ganfm.errors), never a
+traceback."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from ganfm.errors import (
     EXIT_PREEMPTED,
     EXIT_USER_ERROR,
     EXIT_WORKER_LOST,
+    EXIT_WRITE_FAILED,
     ConfigError,
     Preempted,
     TrainingDiverged,
     WorkerLost,
+    WriteFailed,
 )
 
 
@@ -57,6 +60,8 @@ def user_errors():
         fail(e, EXIT_PREEMPTED)
     except WorkerLost as e:
         fail(e, EXIT_WORKER_LOST)
+    except WriteFailed as e:
+        fail(e, EXIT_WRITE_FAILED)
 
 
 def require_run(model_dir: str | None) -> None:

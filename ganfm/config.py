@@ -22,6 +22,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 COLLECTIVES = ("auto", "ring", "nccl")
 UPDATES = ("alternating", "simultaneous")
 PRECISIONS = ("fp32", "mixed_float16", "mixed_bfloat16")
+NAN_POLICIES = ("stop", "skip_step")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "synthetic")
 DATASET_PREFIXES = ("tfds:", "folder:")
 # DCGAN stacks double the resolution per block from a 4x4 (or 7x7) start.
@@ -88,6 +89,9 @@ class LoopConfig:
     eval_every: int = 0  # >0: FD, KID, precision/recall, coverage every N steps; keeps best.
     eval_samples: int = 2000  # Generated (and at most reference) images per evaluation.
     classifier_cache: str = ""  # Domain classifiers' cache; empty: $GANFM_CACHE or ~/.cache.
+    # A non-finite loss or gradient: stop (exit 3, last checkpoint intact) or skip_step
+    # (that update is not applied, and counted).
+    nan_policy: str = "stop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +290,10 @@ def _validate(config: Config) -> None:
             "with 0 <= START < END, e.g. --profile_steps=100,120",
         )
     _non_negative("eval_every", loop.eval_every)
+    _require(
+        loop.nan_policy in NAN_POLICIES,
+        f"--nan_policy={loop.nan_policy!r} is unknown; use one of {', '.join(NAN_POLICIES)}",
+    )
     _require(loop.eval_samples >= 10, f"--eval_samples={loop.eval_samples} must be >= 10")
     for name in ("summary_every", "checkpoint_every", "eval_every"):
         value = getattr(loop, name)

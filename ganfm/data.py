@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
@@ -257,8 +258,55 @@ def list_image_files(root: str) -> tuple[str, ...]:
     return tuple(sorted(files))
 
 
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # The IEND chunk's type and CRC close every PNG.
+_JPEG_START = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
+_JPEG_TAIL = 1 << 16  # Cameras may append data after the end marker: look this far back.
+
+
+def image_file_problem(path: str) -> str | None:
+    """Why `path` cannot be a whole PNG/JPEG (empty, not one, cut short), or None.
+
+    Reads a few bytes at each end, not the whole file: cheap enough for every file of a
+    large folder, and it catches the usual damage (interrupted copies, renamed files).
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - _JPEG_TAIL))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "is empty"
+    if head.startswith(_PNG_START):
+        return None if tail.endswith(_PNG_END) else "is cut short (a PNG without its end)"
+    if head.startswith(_JPEG_START):
+        return None if _JPEG_END in tail else "is cut short (a JPEG without its end marker)"
+    return "is not a PNG or JPEG file"
+
+
+def check_image_files(root: str, files: tuple[str, ...]) -> None:
+    """Refuses a folder with damaged files before training, naming them: mid-run, a
+    file TensorFlow cannot decode stops the input pipeline without saying which."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        problems = [
+            (f, p) for f, p in zip(files, pool.map(image_file_problem, files), strict=True) if p
+        ]
+    if problems:
+        shown = "; ".join(f"{f} {p}" for f, p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(
+            f"--dataset=folder:{root}: {len(problems)} of {len(files)} image files are "
+            f"damaged: {shown}{more}; delete or re-encode them"
+        )
+
+
 def _folder_source(root: str, data: DataConfig) -> ImageSource:
     files = list_image_files(root)
+    check_image_files(root, files)
     size = data.image_size or FOLDER_DEFAULT_SIZE
     return ImageSource(f"folder:{root}", size, data.channels or 3, files=files)
 

@@ -13,6 +13,11 @@ class Preempted(Exception):
     """SIGTERM: every worker saved a checkpoint at the reported step and stops."""
 
 
+class WriteFailed(RuntimeError):
+    """--model_dir could not be written during training (disk full, permissions); the
+    previous checkpoint is intact."""
+
+
 class WorkerLost(RuntimeError):
     """A worker of a multi-worker job died; the job must be relaunched to resume."""
 
@@ -20,4 +25,5 @@ class WorkerLost(RuntimeError):
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_WORKER_LOST = 4
+EXIT_WRITE_FAILED = 5
 EXIT_PREEMPTED = 42  # TensorFlow PreemptionCheckpointHandler's code.

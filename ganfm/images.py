@@ -32,9 +32,14 @@ def upscale(image: np.ndarray, min_side: int = 256) -> np.ndarray:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes then renames; tf.io.gfile, so gs:// and other TensorFlow file systems work."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):  # A full disk leaves no half file behind.
+            tf.io.gfile.remove(tmp)
+        raise
 
 
 def write_png(path: str, image: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from tensorflow.io import gfile
 
 from ganfm import checkpointing, data, distribute, images, models
 from ganfm.config import CONFIG_FILE, Config, architecture_differences
-from ganfm.errors import ConfigError, Preempted, TrainingDiverged, WorkerLost
+from ganfm.errors import ConfigError, Preempted, TrainingDiverged, WorkerLost, WriteFailed
 from ganfm.preemption import PreemptionWatch
 from ganfm.progress import Progress
 from ganfm.statistics_step import StatisticsStep, constants
@@ -54,6 +54,26 @@ def check_model_dir(config: Config) -> None:
         )
 
 
+def check_writable(model_dir: str) -> None:
+    """Refuses a local --model_dir that cannot be created or written, before anything
+    is built (remote paths such as gs:// fail at the first write instead)."""
+    if "://" in model_dir:
+        return
+    path = os.path.abspath(model_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ConfigError(
+            f"--model_dir={model_dir!r} cannot be created: {path} is a file; "
+            "choose another --model_dir"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--model_dir={model_dir!r} is not writable ({path} is read-only or not "
+            "yours); choose a writable --model_dir"
+        )
+
+
 def load_config(model_dir: str) -> Config:
     path = os.path.join(model_dir, CONFIG_FILE)
     if not gfile.exists(path):
@@ -73,23 +93,70 @@ def _read_config(path: str) -> Config:
 
 
 def _write_config(config: Config) -> None:
-    gfile.makedirs(config.loop.model_dir)
-    path = os.path.join(config.loop.model_dir, CONFIG_FILE)
-    images.atomic_write_bytes(path, config.to_json().encode())
+    model_dir = config.loop.model_dir
+    existed = gfile.exists(model_dir)
+    try:
+        gfile.makedirs(model_dir)
+        images.atomic_write_bytes(os.path.join(model_dir, CONFIG_FILE), config.to_json().encode())
+    except (OSError, tf.errors.OpError) as e:
+        if not existed and gfile.exists(model_dir) and not gfile.listdir(model_dir):
+            gfile.rmtree(model_dir)  # Empty: leave nothing behind.
+        raise ConfigError(
+            f"cannot write --model_dir={model_dir!r} ({checkpointing.write_error_cause(e)}); "
+            "free space there or choose another --model_dir"
+        ) from None
 
 
 def _sample_grid(trainer: Trainer, noise: tf.Tensor) -> np.ndarray:
     return images.make_grid(data.to_uint8(trainer.generate(noise)).numpy())
 
 
-def _check_finite(metrics: dict[str, float], first: int, last: int, saved: str | None) -> None:
-    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+def _divergence(trainer: Trainer, first: int, last: int, saved: str | None) -> str | None:
+    """What went NaN/Inf in steps first..last, as a sentence; None if nothing did.
+
+    Under mixed_float16 a skipped update is the loss scaler at work (a float16
+    overflow), not a divergence; there only the losses count.
+    """
+    names = sorted(trainer.nonfinite)
+    terms = [n for n in names if n.startswith("loss/")] or names  # Losses say most.
+    if not trainer.loss_scaled:
+        for network, count in zip(("discriminator", "generator"), trainer.skipped, strict=True):
+            if count:
+                terms.append(f"the {network}'s loss or gradients ({count} update(s) skipped)")
+    if not terms:
+        return None
+    where = f"the last checkpoint, {saved}, is intact" if saved else "no checkpoint was saved"
+    return (
+        f"{', '.join(terms)} became NaN/Inf between steps {first} and {last}; {where}; "
+        "lower --g_lr/--d_lr or add --r1_weight, then resume (or --nan_policy=skip_step)"
+    )
+
+
+def _save_checked(
+    checkpoints: checkpointing.Checkpointer, trainer: Trainer, step: int
+) -> str | None:
+    """Saves, unless a weight went NaN/Inf: the previous checkpoint is then kept."""
+    bad = trainer.nonfinite_variables()
     if bad:
-        where = f"the last checkpoint, {saved}, is intact" if saved else "no checkpoint was saved"
+        saved = checkpoints.last_saved
+        kept = f"the last checkpoint, {saved}, is intact" if saved else "nothing was saved"
         raise TrainingDiverged(
-            f"{', '.join(bad)} became NaN/Inf between steps {first} and {last}; {where}; "
-            "lower --g_lr/--d_lr or add --r1_weight, then resume"
+            f"{len(bad)} variable(s) became NaN/Inf by step {step} ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); not saved, {kept}; lower --g_lr/--d_lr "
+            "or add --r1_weight, then resume"
         )
+    return checkpoints.save(step)
+
+
+def _write_samples(path: str, grid: np.ndarray, saved: str | None) -> None:
+    try:
+        images.write_png(path, images.upscale(grid))
+    except (OSError, tf.errors.OpError) as e:
+        raise WriteFailed(
+            f"could not write {path} ({checkpointing.write_error_cause(e)}); the last checkpoint "
+            f"({saved or 'none yet'}) is intact; free space or fix --model_dir, then run "
+            "the same command to resume"
+        ) from None
 
 
 def setup_runtime(config: Config) -> tf.distribute.Strategy:
@@ -205,23 +272,27 @@ class _Profiler:
 
 
 class _Window:
-    """Measurements averaged over the steps since the last summary."""
+    """Measurements averaged over the steps since the last summary (the finite ones:
+    with --nan_policy=skip_step a loop's measurement may be NaN)."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.steps = 0
         self.started = time.perf_counter()
 
     def add(self, metrics: dict[str, float], steps: int) -> None:
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value * steps
+            if math.isfinite(value):
+                self.sums[name] = self.sums.get(name, 0.0) + value * steps
+                self.counts[name] = self.counts.get(name, 0) + steps
         self.steps += steps
 
     def means(self) -> dict[str, float]:
-        return {name: total / self.steps for name, total in self.sums.items()}
+        return {name: total / self.counts[name] for name, total in self.sums.items()}
 
 
 def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, float]:
@@ -240,8 +311,10 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
     if build_models is not None:
         recorded = config.replace(model=dict(models=models.python_models_marker(build_models)))
     check_model_dir(recorded)
+    if distribute.is_chief(strategy):  # Only the chief writes into --model_dir.
+        check_writable(config.loop.model_dir)
     trainer, checkpoints, restored = _build(config, strategy, build_models)
-    chief = checkpoints.chief  # Only the chief writes into --model_dir.
+    chief = checkpoints.chief
     evaluation = _periodic_evaluation(config, trainer) if chief else None
     # Everything the user typed has been checked: only now touch --model_dir.
     if chief:
@@ -291,7 +364,9 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
             metrics = trainer.train(iterator, count)
             profiler.after(step + count)
             first, step = step + 1, step + count
-            _check_finite(metrics, first, step, checkpoints.last_saved)
+            diverged = _divergence(trainer, first, step, checkpoints.last_saved)
+            if diverged and loop.nan_policy == "stop":
+                raise TrainingDiverged(diverged)
             progress.update(step)
             window.add(metrics, count)
             last = step == loop.train_steps
@@ -305,6 +380,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
                     {
                         **window.means(),
                         **constants(trainer),
+                        **_skipped_counts(trainer),
                         "perf/images_per_second": speed,
                         "perf/steps_per_second": 1.0 / max(seconds_per_step, 1e-9),
                         "perf/seconds_per_step": seconds_per_step,
@@ -314,13 +390,16 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
                 if chief:
                     grid = _sample_grid(trainer, noise)
                     summaries.image(step, "samples/ema", grid)
-                    images.write_png(samples_path, images.upscale(grid))
+                    _write_samples(samples_path, grid, checkpoints.last_saved)
                 window.reset()
-            if summary_due or progress.due(PRINT_EVERY_SECONDS):
-                print(progress.line(step, metrics), flush=True)
+            if summary_due or progress.due(PRINT_EVERY_SECONDS) or diverged:
+                line = progress.line(step, metrics)
+                if diverged:  # --nan_policy=skip_step: say so at once.
+                    line += f"  skipped D/G updates so far: {'/'.join(map(str, skipped(trainer)))}"
+                print(line, flush=True)
             eval_due = loop.eval_every > 0 and (step % loop.eval_every == 0 or last)
             if step % loop.checkpoint_every == 0 or last or eval_due:
-                checkpoints.save(step)  # Every worker: saving is collective.
+                _save_checked(checkpoints, trainer, step)  # Every worker: collective.
                 saved_step = step
             if eval_due and evaluation is not None:
                 values = evaluation.run(step, checkpoints.last_saved)
@@ -328,7 +407,7 @@ def run(config: Config, build_models: ModelBuilder | None = None) -> dict[str, f
                 print(evaluation.line(step, values), flush=True)
             if not last and preemption.requested():  # Collective on clusters.
                 if saved_step != step:
-                    checkpoints.save(step)
+                    _save_checked(checkpoints, trainer, step)
                 where = checkpoints.latest if chief else "the chief's --model_dir"
                 profiler.after(step, final=True)
                 summaries.close()
@@ -368,6 +447,16 @@ def _worker_loss(strategy, checkpoints: checkpointing.Checkpointer):
             f"another worker of this job stopped responding ({type(e).__name__}: {cause}); "
             f"relaunch every worker with the same command to resume from {resume}"
         ) from None
+
+
+def skipped(trainer: Trainer) -> tuple[int, int]:
+    """D and G updates skipped over the whole run (NaN/Inf, or float16 overflow)."""
+    return tuple(int(x) for x in trainer.skipped_updates.numpy().tolist())
+
+
+def _skipped_counts(trainer: Trainer) -> dict[str, float]:
+    d, g = skipped(trainer)
+    return {"nan/skipped_d_updates": float(d), "nan/skipped_g_updates": float(g)}
 
 
 def weights_checksum(trainer: Trainer) -> float:

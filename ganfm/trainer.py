@@ -41,6 +41,41 @@ def sample_noise(seed: int, num: int, z_dim: int) -> tf.Tensor:
     return tf.random.stateless_normal([num, z_dim], seed=stateless_seed(seed, _SAMPLE_SALT, 0))
 
 
+def _nonfinite_count(value) -> tf.Tensor:
+    if value is None:
+        return tf.constant(0.0)
+    if isinstance(value, tf.IndexedSlices):
+        value = value.values
+    return tf.reduce_sum(tf.cast(~tf.math.is_finite(value), tf.float32))
+
+
+def _apply_unless(skip: tf.Tensor, optimizer, grads, variables) -> None:
+    """optimizer.apply_gradients unless `skip` (the same on every replica): a true skip,
+    with no moment or iteration update.
+
+    apply_gradients calls merge_call, which cannot sit in control flow in a replica
+    context: the condition goes in the cross-replica context, as in Keras's
+    LossScaleOptimizer.
+    """
+
+    def apply(g):
+        optimizer.apply_gradients(zip(g, variables, strict=True))
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():  # TPUStrategy.
+        tf.cond(skip, lambda: None, lambda: apply(grads))
+        return
+
+    def in_cross_replica(distribution, skip, grads):
+        first = distribution.experimental_local_results(skip)[0]
+
+        def apply_everywhere():
+            distribution.extended.call_for_each_replica(apply, args=(grads,))
+
+        tf.cond(first, lambda: None, apply_everywhere)
+
+    tf.distribute.get_replica_context().merge_call(in_cross_replica, args=(skip, grads))
+
+
 def _variables_in_scope(strategy: tf.distribute.Strategy, model: keras.Model) -> bool:
     return all(strategy.extended.variable_created_in_scope(v.value) for v in model.weights)
 
@@ -86,6 +121,8 @@ class Trainer:
         self.fm_layer_weights = tuple(float(w) for w in weights)
         self.d_loss_fn, self.g_loss_fn = losses.ADVERSARIAL[loss.adv_loss]
         self.metric_names = self._metric_names()
+        self.nonfinite: dict[str, int] = {}  # Of the last train() call; see train().
+        self.skipped: tuple[int, int] = (0, 0)
         with self.strategy.scope():
             self.tap = build_feature_tap(discriminator, self.fm_layers)
             opt = config.optimizer
@@ -96,6 +133,10 @@ class Trainer:
             self.g_optimizer.build(generator.trainable_variables)
             self.d_optimizer.build(discriminator.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # D and G updates skipped for a NaN/Inf loss or gradient, over the whole run.
+            self.skipped_updates = tf.Variable(
+                [0, 0], dtype=tf.int64, trainable=False, name="skipped_updates"
+            )
             self.fm_target = self._make_fm_target()
         for e, v in zip(ema_generator.weights, generator.weights, strict=True):
             e.assign(v)
@@ -169,19 +210,23 @@ class Trainer:
         # reads one replica's gradients only; _apply makes the verdict global first.
         return keras.optimizers.LossScaleOptimizer(adam)
 
-    def _apply(self, optimizer, grads, variables) -> None:
+    def _apply(self, optimizer, loss, grads, variables) -> tf.Tensor:
+        """Applies the update unless the loss or a gradient is NaN/Inf on some replica;
+        returns 1.0 where it was skipped. The verdict is all-reduced, so every replica
+        skips the same updates and mirrored weights stay equal."""
+        local = tf.add_n([_nonfinite_count(loss)] + [_nonfinite_count(g) for g in grads])
+        ctx = tf.distribute.get_replica_context()
+        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) > 0
         if self.loss_scaled:
             # LossScaleOptimizer checks only the first replica's gradients for inf/NaN
-            # (DESIGN.md): a step that overflows on another replica would be applied.
-            # All-reduce the verdict, and poison every replica's gradients when any
-            # replica's are non-finite, so the step is skipped (and the scale halved)
-            # everywhere.
-            local = [tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads]
-            ctx = tf.distribute.get_replica_context()
-            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.add_n(local))
-            poison = tf.where(bad > 0, np.nan, 0.0)
-            grads = [g + tf.cast(poison, g.dtype) for g in grads]
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
+            # (DESIGN.md): poison every replica's gradients when any replica's are
+            # non-finite, so the step is skipped (and the scale halved) everywhere.
+            poison = tf.where(bad, np.nan, 0.0)
+            grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+        else:
+            _apply_unless(bad, optimizer, grads, variables)
+        return tf.cast(bad, tf.float32)
 
     def _make_fm_target(self) -> tf.Module | None:
         if self.config.loss.fm_target != "ema" or not self.fm_layers:
@@ -245,8 +290,10 @@ class Trainer:
         if self.config.loss.gp_weight:
             alpha = self._noise(step, k, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
         grads, metrics = self._d_loss_and_grads(real, z, alpha)
-        self._apply(self.d_optimizer, grads, self.discriminator.trainable_variables)
-        return metrics
+        skipped = self._apply(
+            self.d_optimizer, metrics["loss/d"], grads, self.discriminator.trainable_variables
+        )
+        return metrics, skipped
 
     def _discriminator_loss_and_grads(self, real, z, alpha):
         """Discriminator loss, penalties and gradients: the part --jit_compile compiles."""
@@ -303,8 +350,10 @@ class Trainer:
         if self.fm_layers:  # Targets need no gradient: computed outside the tape.
             targets = self._fm_targets(self._feature_means(self.tap(real, training=True)))
         grads, metrics = self._g_loss_and_grads(targets, z)
-        self._apply(self.g_optimizer, grads, self.generator.trainable_variables)
-        return metrics
+        skipped = self._apply(
+            self.g_optimizer, metrics["loss/g"], grads, self.generator.trainable_variables
+        )
+        return metrics, skipped
 
     def _generator_loss_and_grads(self, targets, z):
         """Generator loss (adversarial + feature matching) and gradients: the part
@@ -343,9 +392,13 @@ class Trainer:
         if self.config.loss.gp_weight:
             alpha = self._noise(step, 0, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
         d_grads, g_grads, metrics = self._both_loss_and_grads(real, z, alpha)
-        self._apply(self.d_optimizer, d_grads, self.discriminator.trainable_variables)
-        self._apply(self.g_optimizer, g_grads, self.generator.trainable_variables)
-        return metrics
+        d_skipped = self._apply(
+            self.d_optimizer, metrics["loss/d"], d_grads, self.discriminator.trainable_variables
+        )
+        g_skipped = self._apply(
+            self.g_optimizer, metrics["loss/g"], g_grads, self.generator.trainable_variables
+        )
+        return metrics, tf.stack([d_skipped, g_skipped])
 
     def _simultaneous_loss_and_grads(self, real, z, alpha):
         with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape:
@@ -360,15 +413,22 @@ class Trainer:
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
         return d_grads, g_grads, {**metrics, **g_metrics}
 
-    def _replica_step(self, batches) -> tf.Tensor:
+    def _replica_step(self, batches):
+        """(measurements [len(metric_names)], skipped updates [D, G]) of one step."""
         step = self.step.read_value()
         if self.config.optimizer.update == "simultaneous":
-            metrics = self._simultaneous_update(batches[0], step)
-            return tf.stack([tf.cast(metrics[n], tf.float32) for n in self.metric_names])
+            metrics, skipped = self._simultaneous_update(batches[0], step)
+            return self._vector(metrics), skipped
         d_steps = self.config.optimizer.d_steps
         updates = [self._discriminator_update(batches[k], step, k) for k in range(d_steps)]
-        metrics = {name: tf.add_n([u[name] for u in updates]) / d_steps for name in updates[0]}
-        metrics.update(self._generator_update(batches[-1], step))
+        metrics = {
+            name: tf.add_n([u[0][name] for u in updates]) / d_steps for name in updates[0][0]
+        }
+        g_metrics, g_skipped = self._generator_update(batches[-1], step)
+        metrics.update(g_metrics)
+        return self._vector(metrics), tf.stack([tf.add_n([u[1] for u in updates]), g_skipped])
+
+    def _vector(self, metrics: dict) -> tf.Tensor:
         return tf.stack([tf.cast(metrics[n], tf.float32) for n in self.metric_names])
 
     # -- the compiled inner loop ----------------------------------------------------
@@ -387,18 +447,50 @@ class Trainer:
             e.assign(v)  # Batch-norm statistics are already moving averages.
 
     def _loop_fn(self, iterator, num_steps):
-        totals = tf.zeros([len(self.metric_names)])
+        n = len(self.metric_names)
+        totals, finite_steps, skipped = tf.zeros([n]), tf.zeros([n]), tf.zeros([2])
         for _ in tf.range(num_steps):
-            per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
-            totals += self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+            values, skips = self.strategy.run(self._replica_step, args=(next(iterator),))
+            values = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)
+            # Every replica holds the same (all-reduced) verdicts.
+            skips = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, skips, axis=None)
+            finite = tf.math.is_finite(values)
+            totals += tf.where(finite, values, 0.0)
+            finite_steps += tf.cast(finite, tf.float32)
+            skipped += skips
             self._update_ema()
             self.step.assign_add(1)
-        return totals / tf.cast(num_steps, tf.float32)
+        self.skipped_updates.assign_add(tf.cast(tf.round(skipped), tf.int64))
+        means = tf.where(finite_steps > 0, totals / tf.maximum(finite_steps, 1.0), np.nan)
+        return means, tf.cast(num_steps, tf.float32) - finite_steps, skipped
 
     def train(self, iterator, num_steps: int) -> dict[str, float]:
-        """Runs num_steps steps; returns each measurement averaged over them."""
-        values = self._loop(iterator, tf.constant(num_steps, tf.int32)).numpy()
-        return dict(zip(self.metric_names, values.tolist(), strict=True))
+        """Runs num_steps steps; returns each measurement averaged over its finite values
+        (NaN if it had none). `nonfinite` then maps each measurement that was NaN/Inf to
+        its number of steps, and `skipped` gives the D and G updates not applied because
+        a loss or gradient was NaN/Inf on some replica."""
+        means, nonfinite, skipped = self._loop(iterator, tf.constant(num_steps, tf.int32))
+        counts = nonfinite.numpy().tolist()
+        self.nonfinite = {k: int(c) for k, c in zip(self.metric_names, counts, strict=True) if c}
+        self.skipped = tuple(int(round(x)) for x in skipped.numpy().tolist())
+        return dict(zip(self.metric_names, means.numpy().tolist(), strict=True))
+
+    def nonfinite_variables(self) -> list[str]:
+        """Names of model and optimizer variables holding NaN/Inf: never checkpoint those."""
+        flags = self._finite_flags().numpy().tolist()
+        return [v.path for v, ok in zip(self._watched_variables(), flags, strict=True) if not ok]
+
+    def _watched_variables(self) -> list:
+        models = (self.generator, self.discriminator, self.ema_generator)
+        variables = [v for m in models for v in m.weights]
+        variables += list(self.g_optimizer.variables) + list(self.d_optimizer.variables)
+        return [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+
+    @tf.function
+    def _finite_flags(self):
+        return tf.stack(
+            [tf.reduce_all(tf.math.is_finite(v.value)) for v in self._watched_variables()]
+        )
 
     def generate(self, noise: tf.Tensor, ema: bool = True) -> tf.Tensor:
         """Images in [-1, 1] from the EMA generator (or the raw one), inference mode."""
@@ -418,6 +510,7 @@ class Trainer:
             "g_optimizer": self.g_optimizer,
             "d_optimizer": self.d_optimizer,
             "step": self.step,
+            "skipped_updates": self.skipped_updates,
         }
         if self.fm_target is not None:
             items["fm_target"] = self.fm_target

@@ -60,15 +60,60 @@ def test_bad_flags_give_one_line_and_exit_2(tmp_path, args, fragment):
         (["--dataset=mnist", "--data_dir={empty}"], "has no train-images-idx3-ubyte"),
         (["--dataset=folder:{empty}"], "holds no"),
         (["--strategy=mirrored", "--cpu_replicas=3"], "does not split over 3 replicas"),
+        (["--dataset=folder:{damaged}"], "1 of 2 image files are damaged: "),
+        (["--model_dir={file}/run"], "cannot be created: "),
     ],
-    ids=["fm_layers", "empty_data_dir", "empty_folder", "batch_split"],
+    ids=[
+        "fm_layers",
+        "empty_data_dir",
+        "empty_folder",
+        "batch_split",
+        "damaged_image",
+        "model_dir_under_a_file",
+    ],
 )
 def test_bad_inputs_found_after_loading_give_one_line_and_exit_2(tmp_path, args, fragment):
     model_dir = tmp_path / "run"
     (tmp_path / "empty").mkdir()
-    args = [a.format(empty=tmp_path / "empty") for a in args]
+    (tmp_path / "damaged").mkdir()
+    png = tf_png(np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "damaged" / "good.png").write_bytes(png)
+    (tmp_path / "damaged" / "cut.png").write_bytes(png[:20])
+    (tmp_path / "file").write_text("not a directory")
+    paths = dict(empty=tmp_path / "empty", damaged=tmp_path / "damaged", file=tmp_path / "file")
+    args = [a.format(**paths) for a in args]
     result = run("train.py", f"--model_dir={model_dir}", "--batch_size=16", *args)
     assert_one_line_error(result, model_dir, fragment)
+
+
+def tf_png(image) -> bytes:
+    import tensorflow as tf
+
+    return tf.io.encode_png(image).numpy()
+
+
+@pytest.mark.slow
+def test_a_tf_config_that_does_not_parse_gives_one_line_and_exit_2(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run(
+        "train.py", "--strategy=multi_worker", f"--model_dir={model_dir}", TF_CONFIG="{not json"
+    )
+    assert_one_line_error(result, model_dir, "TF_CONFIG does not parse")
+
+
+@pytest.mark.slow
+def test_a_model_dir_of_another_architecture_gives_one_line_and_is_untouched(tmp_path):
+    model_dir = tmp_path / "run"
+    first = run("train.py", f"--flagfile={SMOKE_FLAGS}", f"--model_dir={model_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    listing = {p: os.path.getmtime(p) for p in model_dir.rglob("*")}
+    other = run(
+        "train.py", f"--flagfile={SMOKE_FLAGS}", f"--model_dir={model_dir}", "--d_filters=16"
+    )
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    line = other.stderr.strip().splitlines()[-1]
+    assert line.startswith("train.py: error: --model_dir=") and "--d_filters: 8 -> 16" in line
+    assert {p: os.path.getmtime(p) for p in model_dir.rglob("*")} == listing
 
 
 def test_helpfull_lists_the_flags():

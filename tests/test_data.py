@@ -190,3 +190,27 @@ def test_tfds_failure_is_one_clear_line(tmp_path):
 def test_uint8_round_trip():
     x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
     np.testing.assert_array_equal(data.to_uint8(data.to_float(x)).numpy(), x)
+
+
+def test_damaged_image_files_are_named_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    png = tf.io.encode_png(rng.integers(0, 256, (12, 12, 3), np.uint8)).numpy()
+    jpeg = tf.io.encode_jpeg(rng.integers(0, 256, (12, 12, 3), np.uint8)).numpy()
+    (tmp_path / "good.png").write_bytes(png)
+    (tmp_path / "good.jpg").write_bytes(jpeg + b"camera trailer")
+    assert data.load_source(DataConfig(f"folder:{tmp_path}", image_size=8)).num_examples == 2
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(b"<html>not found</html>")
+    with pytest.raises(ConfigError) as caught:
+        data.load_source(DataConfig(f"folder:{tmp_path}", image_size=8))
+    message = str(caught.value)
+    assert "4 of 6 image files are damaged" in message, message
+    assert f"{tmp_path / 'cut.jpg'} is cut short (a JPEG without its end marker)" in message
+    assert f"{tmp_path / 'cut.png'} is cut short (a PNG without its end)" in message
+    assert f"{tmp_path / 'empty.png'} is empty" in message
+    assert "(and 1 more); delete or re-encode them" in message
+    # What the check saves users from: such files stop training mid-run, unnamed.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        data.decode_image_file(tf.constant(str(tmp_path / "cut.png")), 8, 3)

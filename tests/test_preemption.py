@@ -162,3 +162,38 @@ def test_a_lost_worker_stops_the_other_within_a_minute(tmp_path):
     assert last.startswith("train.py: error: another worker of this job stopped responding")
     assert "relaunch every worker with the same command to resume from" in last
     assert "unhealthy: /job:worker/replica:0/task:1" in last, last
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(tmp_path):
+    """A checkpoint every 2 steps, killed at random moments: every restart resumes
+    from a complete checkpoint, and the last one finishes the run."""
+    import tensorflow as tf
+
+    run = [*FLAGS, "--checkpoint_every=2", "--keep_checkpoints=2", f"--model_dir={tmp_path}"]
+    rng = random.Random()
+    resumed_at = []
+    state = tmp_path / "checkpoints" / "checkpoint"
+    for _ in range(4):
+        before = state.stat().st_mtime_ns if state.exists() else 0
+        proc = start(run)
+        wait_for_training(proc)
+        # Past tracing: wait for this process's first save, then kill at a random
+        # moment of the saves that follow (one every 2 steps).
+        deadline = time.monotonic() + 120
+        while not (state.exists() and state.stat().st_mtime_ns != before):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        proc.communicate()
+        latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+        if latest:
+            reader = tf.train.load_checkpoint(latest)  # Every tensor readable.
+            for key in reader.get_variable_to_shape_map():
+                reader.get_tensor(key)
+            resumed_at.append(int(latest.rsplit("-", 1)[1]))
+    assert resumed_at and resumed_at == sorted(resumed_at), resumed_at
+    final = run_python("train.py", *run)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"ckpt-{resumed_at[-1]} at step {resumed_at[-1]}" in final.stdout
