@@ -105,11 +105,12 @@ class StatisticsStep:
         alpha = None
         if t.config.loss.gp_weight:
             alpha = tf.random.stateless_uniform(tf.stack([tf.shape(real)[0], 1, 1, 1]), seed=[0, 1])
-        d_grads, _ = t._d_loss_and_grads(real, z, alpha)
+        fake = t._generator_pass(z, real.dtype)
+        d_grads, _, _ = t._d_loss_and_grads(real, fake, alpha)
         targets = {}
         if t.fm_layers:
             targets = t._feature_means(t.tap(real, training=True))
-        g_grads, _ = t._g_loss_and_grads(targets, z)
+        g_grads, _ = t.generator_gradients(targets, z)
         out = {}
         for network, grads, variables in (
             ("discriminator", d_grads, t.discriminator.trainable_variables),

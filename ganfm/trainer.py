@@ -2,7 +2,10 @@
 
 A step is --d_steps discriminator updates followed by one generator update (DESIGN.md,
 decision 1), or with --update=simultaneous one update of each from the same forward
-pass. `train(iterator, n)` runs n steps inside one tf.function (a tf.range loop,
+pass. The generator update reuses the last discriminator update's generated batch (its
+forward pass stays on a tape, as in PyTorch's DCGAN example) and, with the moving-average
+target, its real features: only the updated discriminator's pass over the fakes is run
+again. `train(iterator, n)` runs n steps inside one tf.function (a tf.range loop,
 n passed as a tensor so changing it does not retrace) and returns the measurements
 averaged over those steps and over the global batch.
 
@@ -140,8 +143,9 @@ class Trainer:
             self.fm_target = self._make_fm_target()
         for e, v in zip(ema_generator.weights, generator.weights, strict=True):
             e.assign(v)
+        self._generator_pass = self._generator_forward
         self._d_loss_and_grads = self._discriminator_loss_and_grads
-        self._g_loss_and_grads = self._generator_loss_and_grads
+        self._g_loss = self._generator_loss_on
         self._both_loss_and_grads = self._simultaneous_loss_and_grads
         if config.runtime.jit_compile and not isinstance(self.strategy, tf.distribute.TPUStrategy):
             # XLA around the loss and gradients only: around strategy.run it fails on
@@ -154,8 +158,9 @@ class Trainer:
                     "norm and global feature statistics cannot sit in a compiled function; "
                     "drop --jit_compile or train on one device"
                 )
+            self._generator_pass = tf.function(self._generator_pass, jit_compile=True)
             self._d_loss_and_grads = tf.function(self._d_loss_and_grads, jit_compile=True)
-            self._g_loss_and_grads = tf.function(self._g_loss_and_grads, jit_compile=True)
+            self._g_loss = tf.function(self._g_loss, jit_compile=True)
             self._both_loss_and_grads = tf.function(self._both_loss_and_grads, jit_compile=True)
         self._loop = tf.function(self._loop_fn)
 
@@ -261,8 +266,13 @@ class Trainer:
         start = ctx.replica_id_in_sync_group * local
         return draw[start : start + local]
 
+    def _feature_sums(self, activations: dict) -> dict:
+        return {n: losses.batch_sum(activations[n]) for n in self.fm_layers}
+
     def _feature_means(self, activations: dict) -> dict:
-        sums = {n: losses.batch_sum(activations[n]) for n in self.fm_layers}
+        return self._means_of_sums(self._feature_sums(activations))
+
+    def _means_of_sums(self, sums: dict) -> dict:
         ctx = tf.distribute.get_replica_context()
         if self.config.loss.fm_stats == "global":
             sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
@@ -284,24 +294,36 @@ class Trainer:
             targets[name] = var / correction
         return targets
 
-    def _discriminator_update(self, real, step, k: int) -> dict:
+    def _discriminator_update(self, real, step, k: int, g_tape=None):
+        """(metrics, skipped, generated batch, real feature sums). With `g_tape`, the
+        generator's forward pass is recorded there for the generator update to reuse."""
         z = self._noise(step, k, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
         alpha = None
         if self.config.loss.gp_weight:
             alpha = self._noise(step, k, _GP_SALT, [1, 1, 1], tf.random.stateless_uniform)
-        grads, metrics = self._d_loss_and_grads(real, z, alpha)
+        if g_tape is None:
+            fake = self._generator_pass(z, real.dtype)
+        else:
+            with g_tape:
+                fake = self._generator_pass(z, real.dtype)
+        grads, metrics, real_sums = self._d_loss_and_grads(real, tf.stop_gradient(fake), alpha)
         skipped = self._apply(
             self.d_optimizer, metrics["loss/d"], grads, self.discriminator.trainable_variables
         )
-        return metrics, skipped
+        return metrics, skipped, fake, real_sums
 
-    def _discriminator_loss_and_grads(self, real, z, alpha):
-        """Discriminator loss, penalties and gradients: the part --jit_compile compiles."""
+    def _generator_forward(self, z, dtype):
+        """Generated images; a user generator may compute in bfloat16, the images meet
+        real ones in `dtype` (float32). The part --jit_compile compiles, with:"""
+        return tf.cast(self.generator(z, training=True), dtype)
+
+    def _discriminator_loss_and_grads(self, real, fake, alpha):
+        """Discriminator gradients, metrics and the real batch's tapped-feature sums."""
         with tf.GradientTape() as tape:
-            # A user generator may compute in bfloat16: images meet real ones in float32.
-            fake = tf.cast(self.generator(z, training=True), real.dtype)
-            loss, metrics, _, _ = self._discriminator_loss(real, fake, alpha)
-        return tape.gradient(loss, self.discriminator.trainable_variables), metrics
+            loss, metrics, real_out, _ = self._discriminator_loss(real, fake, alpha)
+        grads = tape.gradient(loss, self.discriminator.trainable_variables)
+        real_out = {n: tf.stop_gradient(real_out[n]) for n in self.fm_layers}
+        return grads, metrics, self._feature_sums(real_out)
 
     def _discriminator_loss(self, real, fake, alpha):
         """(scaled loss, metrics, real tap outputs, fake tap outputs); one tap call per
@@ -343,24 +365,34 @@ class Trainer:
         """The loss times the dynamic loss scale (mixed_float16), else the loss."""
         return optimizer.scale_loss(loss) if self.loss_scaled else loss
 
-    def _generator_update(self, real, step) -> dict:
-        k = self.config.optimizer.d_steps
-        z = self._noise(step, k, _NOISE_SALT, [self.z_dim], tf.random.stateless_normal)
+    def _generator_update(self, real, fake, real_sums, g_tape) -> dict:
+        """The generator update against the just-updated discriminator, on the batch
+        `fake` whose forward pass `g_tape` holds."""
         targets = {}
         if self.fm_layers:  # Targets need no gradient: computed outside the tape.
-            targets = self._fm_targets(self._feature_means(self.tap(real, training=True)))
-        grads, metrics = self._g_loss_and_grads(targets, z)
+            if self.fm_target is None:
+                # A batch target must come from the same discriminator as the fakes'
+                # statistics. A moving average mixes many past discriminators anyway:
+                # the pre-update pass's features serve it as well, at no cost.
+                real_sums = self._feature_sums(self.tap(real, training=True))
+            targets = self._fm_targets(self._means_of_sums(real_sums))
+        with g_tape:
+            loss, metrics = self._g_loss(fake, targets)
+        grads = g_tape.gradient(loss, self.generator.trainable_variables)
         skipped = self._apply(
             self.g_optimizer, metrics["loss/g"], grads, self.generator.trainable_variables
         )
         return metrics, skipped
 
-    def _generator_loss_and_grads(self, targets, z):
-        """Generator loss (adversarial + feature matching) and gradients: the part
-        --jit_compile compiles."""
+    def _generator_loss_on(self, fake, targets):
+        """The generator's loss on generated images (adversarial + feature matching):
+        the part --jit_compile compiles, with the generator's forward pass."""
+        return self._generator_loss(self.tap(fake, training=True), targets)
+
+    def generator_gradients(self, targets, z):
+        """(gradients, metrics) of the generator loss for noise `z`, no update."""
         with tf.GradientTape() as tape:
-            fake_out = self.tap(self.generator(z, training=True), training=True)
-            loss, metrics = self._generator_loss(fake_out, targets)
+            loss, metrics = self._g_loss(self._generator_pass(z, tf.float32), targets)
         return tape.gradient(loss, self.generator.trainable_variables), metrics
 
     def _generator_loss(self, fake_out: dict, targets: dict):
@@ -402,7 +434,7 @@ class Trainer:
 
     def _simultaneous_loss_and_grads(self, real, z, alpha):
         with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape:
-            fake = tf.cast(self.generator(z, training=True), real.dtype)
+            fake = self._generator_forward(z, real.dtype)
             d_loss, metrics, real_out, fake_out = self._discriminator_loss(real, fake, alpha)
             targets = {}
             if self.fm_layers:  # The real side is a target: no gradient.
@@ -420,11 +452,16 @@ class Trainer:
             metrics, skipped = self._simultaneous_update(batches[0], step)
             return self._vector(metrics), skipped
         d_steps = self.config.optimizer.d_steps
-        updates = [self._discriminator_update(batches[k], step, k) for k in range(d_steps)]
+        g_tape = tf.GradientTape()
+        updates = [
+            self._discriminator_update(batches[k], step, k, g_tape if k == d_steps - 1 else None)
+            for k in range(d_steps)
+        ]
         metrics = {
             name: tf.add_n([u[0][name] for u in updates]) / d_steps for name in updates[0][0]
         }
-        g_metrics, g_skipped = self._generator_update(batches[-1], step)
+        _, _, fake, real_sums = updates[-1]
+        g_metrics, g_skipped = self._generator_update(batches[-1], fake, real_sums, g_tape)
         metrics.update(g_metrics)
         return self._vector(metrics), tf.stack([tf.add_n([u[1] for u in updates]), g_skipped])
 

@@ -200,8 +200,8 @@ def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_
 
 @pytest.mark.slow
 def test_loss_and_gradients_compile_under_xla(tiny):
-    """The TPU-readiness check available without a TPU: both loss-and-gradient
-    functions compile to HLO (static shapes, XLA-supported ops), and a jit-compiled
+    """The TPU-readiness check available without a TPU: the compiled pieces (the
+    generator's pass, D's loss and gradients, G's loss) compile to HLO (static shapes, XLA-supported ops), and a jit-compiled
     run takes the same steps as an uncompiled one."""
     config = tiny(
         loss=dict(fm_layers=("block0_act", "features"), r1_weight=1.0, gp_weight=1.0),
@@ -214,12 +214,14 @@ def test_loss_and_gradients_compile_under_xla(tiny):
     real = tf.random.uniform([16, 8, 8, 1], -1.0, 1.0)
     z = tf.random.normal([16, config.model.z_dim])
     alpha = tf.random.uniform([16, 1, 1, 1])
-    d_hlo = trainer._d_loss_and_grads.experimental_get_compiler_ir(real, z, alpha)(stage="hlo")
+    fake = trainer._generator_pass(z, tf.float32)
+    d_hlo = trainer._d_loss_and_grads.experimental_get_compiler_ir(real, fake, alpha)(stage="hlo")
     targets = {
         n: tf.zeros([int(np.prod(trainer.tap.output[n].shape[1:]))]) for n in trainer.fm_layers
     }
-    g_hlo = trainer._g_loss_and_grads.experimental_get_compiler_ir(targets, z)(stage="hlo")
-    assert "HloModule" in d_hlo and "HloModule" in g_hlo
+    g_hlo = trainer._g_loss.experimental_get_compiler_ir(fake, targets)(stage="hlo")
+    z_hlo = trainer._generator_pass.experimental_get_compiler_ir(z, tf.float32)(stage="hlo")
+    assert all("HloModule" in hlo for hlo in (d_hlo, g_hlo, z_hlo))
 
     compiled, plain = tiny(runtime=dict(jit_compile=True)), tiny()
     train_lib.run(compiled)
