@@ -236,7 +236,7 @@ def section_core(opts, results: dict) -> None:
     )
     _line(
         f"  FLOPs per image: c {per_image / 1e6:.1f} M, a {r['flops_per_image_a'] / 1e6:.1f} M "
-        f"(TensorFlow graph profiler over one traced step); c achieves "
+        f"(registered op counts over the ops that run in one traced step); c achieves "
         f"{achieved / 1e9:.2f} GFLOP/s = {r['fraction_of_peak']:.1%} of the measured "
         f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s"
     )

@@ -91,14 +91,16 @@ def test_graph_flops_count_a_dense_layer_and_its_gradients():
     @tf.function
     def forward_backward(x):
         with tf.GradientTape() as tape:
-            y = tf.reduce_sum(layer(x))
+            y = tf.reduce_sum(tf.square(layer(x)))  # Its gradient needs the forward pass.
         return tape.gradient(y, layer.kernel)
 
     spec = tf.TensorSpec([8, 64], tf.float32)
     matmul = 2 * 8 * 64 * 32
     assert flops.graph_flops(forward.get_concrete_function(spec)) == matmul
-    # Backward: the kernel's gradient is one more matmul of the same size.
-    assert flops.graph_flops(forward_backward.get_concrete_function(spec)) >= 2 * matmul
+    # Backward: the kernel's gradient is one more matmul of the same size; the input's
+    # gradient is in the graph too, but nothing uses it, so it does not run or count.
+    count = flops.graph_flops(forward_backward.get_concrete_function(spec))
+    assert 2 * matmul <= count < 2 * matmul + 8 * 32 * 4  # Matmuls + a few elementwise ops.
 
 
 def test_matmul_peak_is_a_plausible_rate():

@@ -201,8 +201,8 @@ def test_sync_bn_sets_every_batch_norm_and_keeps_replicas_equivalent(tiny, sync_
 @pytest.mark.slow
 def test_loss_and_gradients_compile_under_xla(tiny):
     """The TPU-readiness check available without a TPU: the compiled pieces (the
-    generator's pass, D's loss and gradients, G's loss) compile to HLO (static shapes, XLA-supported ops), and a jit-compiled
-    run takes the same steps as an uncompiled one."""
+    generator's pass, D's loss and gradients, G's loss) compile to HLO (static shapes,
+    XLA-supported ops), and a jit-compiled run takes the same steps as an uncompiled one."""
     config = tiny(
         loss=dict(fm_layers=("block0_act", "features"), r1_weight=1.0, gp_weight=1.0),
         runtime=dict(jit_compile=True),

@@ -368,3 +368,28 @@ def test_unreadable_config_json_is_a_clear_error(tiny):
 def test_batch_that_does_not_split_is_an_error(tiny):
     with pytest.raises(ConfigError, match="does not split over 3 replicas"):
         train_lib.run(tiny(runtime=dict(strategy="mirrored", cpu_replicas=3)))
+
+
+@pytest.mark.parametrize("target, extra_passes", [("ema", 1), ("batch", 2)])
+def test_alternating_step_runs_only_the_discriminator_passes_it_needs(tiny, target, extra_passes):
+    """The generator update reuses the discriminator update's generated batch and, with
+    the moving-average target, its real features: against --update=simultaneous (one
+    forward pass for both updates) it adds the updated discriminator's pass over the
+    fakes, plus one over the real batch for a batch target. No second generator pass."""
+    from ganfm import flops
+
+    def step_flops(config):
+        trainer, config = build_trainer(config)
+        spec = tf.TensorSpec([1, config.loop.batch_size, 8, 8, 1], tf.float32)
+        step = tf.function(trainer._replica_step).get_concrete_function(spec)
+        return flops.graph_flops(step), trainer
+
+    loss = dict(fm_target=target)
+    alternating, trainer = step_flops(tiny(loss=loss))
+    simultaneous, _ = step_flops(tiny(loss=loss, optimizer=dict(update="simultaneous")))
+    d = trainer.discriminator
+    spec = tf.TensorSpec([trainer.global_batch, 8, 8, 1], tf.float32)
+    d_pass = flops.graph_flops(
+        tf.function(lambda x: d(x, training=True)).get_concrete_function(spec)
+    )
+    assert alternating - simultaneous == pytest.approx(extra_passes * d_pass, rel=0.05)
