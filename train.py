@@ -66,6 +66,11 @@ flags.DEFINE_float("fm_weight", D.loss.fm_weight, "Weight of the feature-matchin
 flags.DEFINE_enum(
     "fm_distance", D.loss.fm_distance, cfg.FM_DISTANCES, "Squared L2 or L1, averaged over features."
 )
+flags.DEFINE_integer(
+    "fm_moments",
+    D.loss.fm_moments,
+    "1: match each feature's mean (Salimans et al. 2016); 2: its mean and second moment.",
+)
 flags.DEFINE_boolean(
     "fm_only",
     D.loss.fm_only,
@@ -238,6 +243,7 @@ def config_from_flags() -> cfg.Config:
             fm_layer_weights=_floats("fm_layer_weights", f.fm_layer_weights),
             fm_weight=f.fm_weight,
             fm_distance=f.fm_distance,
+            fm_moments=f.fm_moments,
             fm_only=f.fm_only,
             fm_target=f.fm_target,
             fm_target_decay=f.fm_target_decay,

@@ -57,6 +57,7 @@ class LossConfig:
     # at 10-1000 made FD worse.
     fm_weight: float = 100.0
     fm_distance: str = "l2"
+    fm_moments: int = 1  # 1: feature means; 2: means and second moments.
     fm_only: bool = False
     fm_target: str = "ema"
     fm_target_decay: float = 0.99
@@ -245,6 +246,11 @@ def _validate(config: Config) -> None:
     _require(
         loss.fm_stats in FM_STATS,
         f"--fm_stats={loss.fm_stats!r} is unknown; use one of {', '.join(FM_STATS)}",
+    )
+    _require(
+        loss.fm_moments in (1, 2),
+        f"--fm_moments={loss.fm_moments} is unsupported; use 1 (feature means) or 2 "
+        "(means and second moments)",
     )
     _non_negative("fm_weight", loss.fm_weight)
     _fraction("fm_target_decay", loss.fm_target_decay)

@@ -71,9 +71,13 @@ ADVERSARIAL = {
 }
 
 
-def batch_sum(activations: tf.Tensor) -> tf.Tensor:
-    """Sum over the batch of flattened activations, [features], in float32."""
+def batch_sum(activations: tf.Tensor, moments: int = 1) -> tf.Tensor:
+    """Sum over the batch of flattened activations, [features], in float32; with
+    moments=2 also of their squares, [2 * features]: divided by the batch, the first
+    and second moments, so matching them matches each feature's mean and spread."""
     flat = tf.reshape(tf.cast(activations, tf.float32), [tf.shape(activations)[0], -1])
+    if moments == 2:
+        flat = tf.concat([flat, tf.square(flat)], axis=1)
     return tf.reduce_sum(flat, axis=0)
 
 

@@ -237,7 +237,10 @@ class Trainer:
         if self.config.loss.fm_target != "ema" or not self.fm_layers:
             return None
         module = tf.Module(name="fm_target")
-        sizes = {n: int(np.prod(self.tap.output[n].shape[1:])) for n in self.fm_layers}
+        sizes = {
+            n: self.config.loss.fm_moments * int(np.prod(self.tap.output[n].shape[1:]))
+            for n in self.fm_layers
+        }
         # On-read variables: each replica updates its own copy with no communication.
         # With --fm_stats=global every copy holds the same global average; with local,
         # each replica tracks its own slice's statistics. Saving stores the mean.
@@ -267,7 +270,8 @@ class Trainer:
         return draw[start : start + local]
 
     def _feature_sums(self, activations: dict) -> dict:
-        return {n: losses.batch_sum(activations[n]) for n in self.fm_layers}
+        moments = self.config.loss.fm_moments
+        return {n: losses.batch_sum(activations[n], moments) for n in self.fm_layers}
 
     def _feature_means(self, activations: dict) -> dict:
         return self._means_of_sums(self._feature_sums(activations))

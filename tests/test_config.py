@@ -26,6 +26,7 @@ def test_replace_changes_only_named_fields():
         (dict(data=dict(dataset="mnist", data_dir="/no/such/dir")), "is not a directory"),
         (dict(loss=dict(adv_loss="foo")), "--adv_loss='foo'"),
         (dict(loss=dict(fm_weight=-1.0)), "--fm_weight=-1.0 must be >= 0"),
+        (dict(loss=dict(fm_moments=3)), "--fm_moments=3 is unsupported; use 1"),
         (dict(loss=dict(fm_layer_weights=(1.0, 2.0))), "one weight per layer"),
         (dict(loss=dict(fm_only=True, fm_weight=0.0)), "--fm_only needs feature matching"),
         (dict(optimizer=dict(g_lr=0.0)), "--g_lr=0.0 must be > 0"),

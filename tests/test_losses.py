@@ -107,6 +107,11 @@ def test_batch_sum_flattens_features():
     np.testing.assert_allclose(_np(losses.batch_sum(acts)), np.full(20, 3.0))
 
 
+def test_batch_sum_with_second_moments_appends_the_sums_of_squares():
+    acts = tf.constant([[1.0, -2.0], [3.0, 0.5]])
+    np.testing.assert_allclose(_np(losses.batch_sum(acts, 2)), [4.0, -1.5, 10.0, 4.25])
+
+
 def test_r1_and_gradient_penalty_values():
     grads = tf.constant([[3.0, 4.0], [0.0, 0.0]])
     np.testing.assert_allclose(_np(losses.r1_penalty(grads)), [12.5, 0.0])

@@ -56,6 +56,7 @@ def test_run_is_a_no_op_at_train_steps(tiny, capsys):
     "replicas, loss",
     [
         pytest.param(2, dict(fm_layers=("block0_act", "features"), r1_weight=0.5), id="2_r1"),
+        pytest.param(2, dict(fm_moments=2, fm_target="batch"), id="2_second_moments"),
         pytest.param(
             4,
             dict(fm_layers=("block0_act", "features"), r1_weight=0.5),
@@ -204,6 +205,7 @@ def test_every_replicated_variable_is_equal_on_all_replicas(tiny):
     [
         dict(loss=dict(adv_loss="minimax")),
         dict(loss=dict(adv_loss="hinge", fm_distance="l1")),
+        dict(loss=dict(fm_moments=2)),
         dict(loss=dict(adv_loss="wasserstein", gp_weight=10.0)),
         dict(loss=dict(adv_loss="least_squares", fm_layers=("all",))),
         dict(loss=dict(fm_only=True, fm_target="ema")),
@@ -220,6 +222,7 @@ def test_every_replicated_variable_is_equal_on_all_replicas(tiny):
     ids=[
         "minimax",
         "hinge_l1",
+        "second_moments",
         "wgan_gp",
         "lsgan_all",
         "fm_only_ema",
