@@ -341,7 +341,8 @@ def section_precision(opts, results: dict) -> None:
     _line(
         "precision: "
         + "  ".join(f"{p} {speed[p]:.0f} img/s ({rel[p]:.2f}x)" for p in PRECISIONS)
-        + " (CPUs have no fast float16/bfloat16 matmuls; for GPUs and TPUs)"
+        + " (CPUs have no fast float16 kernels; bfloat16 is fast on CPUs with AVX512_BF16"
+        " or AMX, and on GPUs and TPUs)"
     )
 
 
