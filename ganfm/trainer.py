@@ -286,15 +286,22 @@ class Trainer:
         return {n: s / count for n, s in sums.items()}
 
     def _fm_targets(self, real_means: dict) -> dict:
-        """Batch means, or their bias-corrected moving average (--fm_target=ema)."""
+        """Batch means, or their bias-corrected moving average (--fm_target=ema).
+
+        A batch with NaN/Inf statistics leaves the average as it was: folded in, it
+        would poison every later target (and, with --nan_policy=skip_step, skip every
+        later generator update)."""
         if self.fm_target is None:
             return real_means
         decay = self.config.loss.fm_target_decay
-        self.fm_target.updates.assign_add(1.0)
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(real_means[n])) for n in self.fm_layers]
+        )
+        self.fm_target.updates.assign_add(tf.where(finite, 1.0, 0.0))
         correction = 1.0 - tf.pow(decay, self.fm_target.updates)
         targets = {}
         for var, name in zip(self.fm_target.means, self.fm_layers, strict=True):
-            var.assign(decay * var + (1.0 - decay) * real_means[name])
+            var.assign(tf.where(finite, decay * var + (1.0 - decay) * real_means[name], var))
             targets[name] = var / correction
         return targets
 

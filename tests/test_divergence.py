@@ -115,6 +115,24 @@ def test_a_nan_on_one_replica_skips_that_update_on_every_replica(tiny):
     assert train_lib.skipped(trainer) == (1, 1)  # Over the whole run.
 
 
+def test_a_nan_real_batch_skips_the_d_update_but_not_the_moving_average_target(tiny):
+    """The default feature matching (moving-average target) takes its real statistics
+    from D's update: a NaN there must not enter the average and stop G for good."""
+    config = tiny(loss=dict(fm_layers=("nan_on_calls",)))  # The NaN layer is tapped.
+    trainer, config, strategy = build(config, start=3, stop=4)  # Step 2's real pass.
+    iterator = iterator_for(trainer, config, strategy)
+    trainer.train(iterator, 1)
+    target = [v.numpy() for v in trainer.fm_target.means]
+    trainer.train(iterator, 1)
+    assert trainer.skipped == (1, 0) and "loss/g" not in trainer.nonfinite
+    means = trainer.fm_target.means
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(target, means, strict=True))
+    trainer.train(iterator, 2)
+    assert trainer.skipped == (0, 0)
+    assert all(np.all(np.isfinite(v.numpy())) for v in means)
+    assert not any(np.array_equal(a, v.numpy()) for a, v in zip(target, means, strict=True))
+
+
 def test_nan_policy_stop_names_the_window_and_keeps_the_checkpoints_finite(tiny):
     config = tiny(loss=dict(fm_layers=()), loop=dict(train_steps=8))
 
@@ -196,8 +214,9 @@ def test_the_command_line_exits_3_with_one_line_and_a_finite_checkpoint(tmp_path
 
             def build_discriminator(config):
                 d = dcgan.build_discriminator(config.data.image_size, config.data.channels, 8)
-                # Call 9: the real batch of step 3's D update (4 calls a step).
-                x = NanOnCalls(8, 9, name="nan_on_calls")(d.get_layer("features").output)
+                # Call 10: the real batch of step 4's D update (3 calls a step: D's
+                # update on real and generated images, G's on the generated ones).
+                x = NanOnCalls(9, 10, name="nan_on_calls")(d.get_layer("features").output)
                 return keras.Model(d.inputs, d.get_layer("logits")(x))
             """
         )
