@@ -107,7 +107,11 @@ flags.DEFINE_enum(
     "(about 20% fewer FLOPs per step; needs --d_steps=1).",
 )
 flags.DEFINE_float(
-    "ema_decay", D.optimizer.ema_decay, "Decay of the generator EMA used for samples."
+    "ema_decay",
+    D.optimizer.ema_decay,
+    "Decay of the generator average used for samples, evaluation and export; step t "
+    "uses min(ema_decay, (1 + t) / (10 + t)), so the average forgets the random start "
+    "(tf.train.ExponentialMovingAverage's num_updates rule).",
 )
 # Loop.
 flags.DEFINE_string("model_dir", D.loop.model_dir, "Checkpoints, TensorBoard logs, samples.")

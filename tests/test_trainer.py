@@ -157,6 +157,24 @@ def test_penalty_gradients_reach_the_discriminator(tiny, penalty):
     assert difference > 1e-6
 
 
+def test_generator_average_forgets_the_random_start(tiny):
+    trainer, config = build_trainer(tiny(optimizer=dict(ema_decay=0.999)))
+    source = data.load_source(config.data)
+    input_fn = data.make_input_fn(source, 16, 1, 0, 0)
+    iterator = iter(trainer.strategy.distribute_datasets_from_function(input_fn))
+    expected = [w.numpy().copy() for w in trainer.generator.trainable_weights]
+    for t in range(6):
+        trainer.train(iterator, 1)
+        decay = min(0.999, (1 + t) / (10 + t))
+        expected = [
+            decay * e + (1 - decay) * w.numpy()
+            for e, w in zip(expected, trainer.generator.trainable_weights, strict=True)
+        ]
+    for e, w in zip(expected, trainer.ema_generator.trainable_weights, strict=True):
+        np.testing.assert_allclose(w.numpy(), e, rtol=1e-5, atol=1e-6)
+    assert float(trainer.ema_decay_at(tf.constant(10**6, tf.int64))) == pytest.approx(0.999)
+
+
 def test_noise_differs_across_replicas_and_repeats(tiny):
     trainer, _ = build_trainer(tiny(runtime=dict(strategy="mirrored", cpu_replicas=2)))
 
