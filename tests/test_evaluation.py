@@ -269,3 +269,39 @@ def test_compare_makes_a_table_over_seeds(digits_run, tmp_path):
     assert compare.group_name("/runs/fm_s12/") == "fm" and compare.group_name("adv") == "adv"
     with pytest.raises(ConfigError, match="has not been evaluated"):
         compare.read_report(digits_run, "ckpt-5")
+
+
+def fake_evaluated_run(path, **figures):
+    """A run directory whose latest checkpoint has an evaluation report and nothing else."""
+    ckpt_dir = path / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\n')
+    (ckpt_dir / "ckpt-5.index").write_bytes(b"")
+    generated = dict(num_images=100, kid=1.0, precision=0.5, recall=0.5, class_kl=0.1)
+    generated.update(classes_covered=10, **figures)
+    report = dict(step=5, generated=generated, held_out=dict(generated, fd=0.2))
+    (ckpt_dir / "ckpt-5.eval.json").write_text(json.dumps(report))
+    return str(path)
+
+
+def test_compare_pairs_groups_by_seed(tmp_path):
+    fm = {1: (10.0, 0.6), 2: (20.0, 0.4), 3: (30.0, 0.7), 4: (1.0, 0.9)}  # seed: fd, precision
+    adv = {1: (12.0, 0.5), 2: (19.0, 0.5), 3: (35.0, 0.5), 9: (1.0, 0.5)}
+    runs = [
+        fake_evaluated_run(tmp_path / f"{name}_s{seed}", fd=fd, precision=precision)
+        for name, group in (("fm", fm), ("adv", adv))
+        for seed, (fd, precision) in group.items()
+    ]
+    runs.append(fake_evaluated_run(tmp_path / "unseeded", fd=5.0))
+    result = run_python("-m", "ganfm.compare", *runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "| fm | 4 | 15.25 ± 12.53 |" in out and "| unseeded | 1 | 5.00 |" in out
+    # Only seeds 1-3 are shared: fd differences -2, 1, -5 (mean -2, s.e. 3 / sqrt(3)).
+    assert "fm against adv, seeds 1 2 3:" in out and "unseeded" not in out.split("fm against")[1]
+    difference = next(line for line in out.splitlines() if line.startswith("| fm − adv"))
+    assert difference.split(" | ")[1:3] == ["-2.00 ± 1.73", "0.00 ± 0.00"]
+    wins = next(line for line in out.splitlines() if line.startswith("| seeds where fm"))
+    assert wins.split(" | ")[1:4] == ["2 of 3", "0 of 3", "2 of 3"]  # FD, KID, precision
+    assert "FD per seed, fm: 10.00 20.00 30.00" in out
+    assert "FD per seed, adv: 12.00 19.00 35.00" in out
